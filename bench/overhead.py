@@ -1,0 +1,172 @@
+"""What tracking adds to an LLM call: raw SDK client vs tracked client, in one run.
+
+    python bench/overhead.py [--calls 2000] [--recorder thread]
+
+The fake provider runs in its own process (as a real provider would be elsewhere), the
+raw and the tracked client make the same chat completions against it, interleaved call
+by call (alternating which goes first) so that drift hits both alike, and it prints the median (and p95) time
+per call of each, the ratio and the time added per call. Events go to a throwaway
+SQLite database through the chosen recorder (default: the default, ``thread``); the
+script checks afterwards that every tracked call was stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def setup_django(recorder: str, db_path: str) -> None:
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        INSTALLED_APPS=[
+            "django.contrib.auth",
+            "django.contrib.contenttypes",
+            "fluxgate_django",
+        ],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": db_path}},
+        USE_TZ=True,
+        FLUXGATE={"RECORDER": recorder},
+    )
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def start_fake() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fluxgate_django.testing.fake_provider", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "http://" in line:
+            url = line[line.index("http://") :].split()[0].rstrip("/")
+            # The fake prints its base URL; strip a provider suffix if present.
+            for suffix in ("/v1",):
+                url = url.removesuffix(suffix)
+            return proc, url
+    raise RuntimeError("the fake provider did not start")
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1]
+
+
+def measure(name: str, raw_call, tracked_call, calls: int) -> tuple[float, float]:
+    for _ in range(50):  # warm up connections, imports and price lookups
+        raw_call()
+        tracked_call()
+    raw: list[float] = []
+    tracked: list[float] = []
+    clock = time.perf_counter
+    for i in range(calls):
+        # Alternate which goes first: the second call of a pair runs on a warmer path.
+        first, second = (raw_call, tracked_call) if i % 2 == 0 else (tracked_call, raw_call)
+        t0 = clock()
+        first()
+        t1 = clock()
+        second()
+        t2 = clock()
+        a, b = t1 - t0, t2 - t1
+        raw.append(a if i % 2 == 0 else b)
+        tracked.append(b if i % 2 == 0 else a)
+    raw_med, tr_med = statistics.median(raw), statistics.median(tracked)
+    print(
+        f"{name:<28} raw median {raw_med * 1e3:7.3f} ms (p95 {pct(raw, 95) * 1e3:6.3f})   "
+        f"tracked median {tr_med * 1e3:7.3f} ms (p95 {pct(tracked, 95) * 1e3:6.3f})   "
+        f"ratio {tr_med / raw_med:5.3f}   added {(tr_med - raw_med) * 1e6:+7.1f} µs/call"
+    )
+    return raw_med, tr_med
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--recorder", default="thread", choices=["thread", "sync"])
+    args = parser.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="fluxgate-bench-")
+    setup_django(args.recorder, os.path.join(tmp, "bench.sqlite3"))
+
+    import anthropic
+    import openai
+
+    import fluxgate_django
+    from fluxgate_django import track_anthropic, track_openai, tracking_context
+    from fluxgate_django.models import Event
+
+    proc, url = start_fake()
+    try:
+        oa = dict(api_key="sk-bench", base_url=f"{url}/v1", max_retries=0)
+        raw_openai, tracked_openai = openai.OpenAI(**oa), track_openai(openai.OpenAI(**oa))
+        an = dict(api_key="sk-ant-bench", base_url=url, max_retries=0)
+        raw_anth, tracked_anth = anthropic.Anthropic(**an), track_anthropic(anthropic.Anthropic(**an))
+        msgs = [{"role": "user", "content": "Summarise this paragraph in one sentence."}]
+
+        print(
+            f"{args.calls} calls each, fake provider in a separate process, "
+            f"recorder={args.recorder}, Python {sys.version.split()[0]}, "
+            f"openai {openai.__version__}, anthropic {anthropic.__version__}"
+        )
+        with tracking_context(feature="bench", user={"id": "u1"}):
+            measure(
+                "openai chat.completions",
+                lambda: raw_openai.chat.completions.create(model="gpt-4o", messages=msgs),
+                lambda: tracked_openai.chat.completions.create(model="gpt-4o", messages=msgs),
+                args.calls,
+            )
+            measure(
+                "anthropic messages",
+                lambda: raw_anth.messages.create(
+                    model="claude-sonnet-4-6", max_tokens=64, messages=msgs
+                ),
+                lambda: tracked_anth.messages.create(
+                    model="claude-sonnet-4-6", max_tokens=64, messages=msgs
+                ),
+                args.calls,
+            )
+
+            def consume(client):
+                stream = client.chat.completions.create(
+                    model="gpt-4o",
+                    messages=msgs,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                for _ in stream:
+                    pass
+
+            measure(
+                "openai chat stream",
+                lambda: consume(raw_openai),
+                lambda: consume(tracked_openai),
+                args.calls // 2,
+            )
+        fluxgate_django.flush()
+        expected = (args.calls + 50) * 2 + (args.calls // 2 + 50)
+        stored = Event.objects.count()
+        print(f"events stored: {stored} of {expected} tracked calls")
+        if stored != expected:
+            raise SystemExit("some tracked calls were not stored")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

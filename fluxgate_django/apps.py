@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+
+class FluxGateConfig(AppConfig):
+    name = "fluxgate_django"
+    verbose_name = "FluxGate"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the system checks)
+        from .pricing import connect_signals
+
+        connect_signals()

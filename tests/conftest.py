@@ -1,0 +1,52 @@
+"""Shared fixtures: a loopback fake provider and real SDK clients pointed at it."""
+
+from __future__ import annotations
+
+import pytest
+
+from fluxgate_django.testing import FakeProvider
+
+
+@pytest.fixture(scope="session")
+def fake_provider():
+    with FakeProvider() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(fake_provider):
+    fake_provider.reset()
+    yield fake_provider
+    fake_provider.reset()
+
+
+@pytest.fixture
+def openai_client(fake):
+    import openai
+
+    return openai.OpenAI(api_key="sk-test-key", base_url=fake.openai_base_url, max_retries=0)
+
+
+@pytest.fixture
+def async_openai_client(fake):
+    import openai
+
+    return openai.AsyncOpenAI(api_key="sk-test-key", base_url=fake.openai_base_url, max_retries=0)
+
+
+@pytest.fixture
+def anthropic_client(fake):
+    import anthropic
+
+    return anthropic.Anthropic(
+        api_key="sk-ant-test-key", base_url=fake.anthropic_base_url, max_retries=0
+    )
+
+
+@pytest.fixture
+def async_anthropic_client(fake):
+    import anthropic
+
+    return anthropic.AsyncAnthropic(
+        api_key="sk-ant-test-key", base_url=fake.anthropic_base_url, max_retries=0
+    )

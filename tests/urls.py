@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import path
+
+from tests import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    # middleware tests
+    path("ctx/echo/", views.echo, name="echo"),
+    path("ctx/aecho/", views.aecho, name="aecho"),
+    path("ctx/boom/", views.boom, name="boom"),
+    path("ctx/chat/", views.chat, name="chat"),
+    path("ctx/achat/", views.achat, name="achat"),
+    path("ctx/stream/", views.stream, name="stream"),
+    path("ctx/astream/", views.astream, name="astream"),
+]
