@@ -7,8 +7,8 @@ from typing import Any
 
 import django
 from django.contrib import admin, messages
-from django.db import models
 from django.contrib.admin.utils import flatten_fieldsets
+from django.db import models
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone

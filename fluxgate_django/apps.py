@@ -8,6 +8,7 @@ class FluxGateConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
-        from .pricing import connect_signals
+        from . import budgets, pricing
 
-        connect_signals()
+        pricing.connect_signals()
+        budgets.connect_signals()

@@ -143,6 +143,16 @@ def _check_numbers() -> list[Any]:
         ("CIRCUIT_BREAKER['failures']", s.CIRCUIT_BREAKER.get("failures"), False),
         ("CIRCUIT_BREAKER['cooldown_seconds']", s.CIRCUIT_BREAKER.get("cooldown_seconds"), True),
         ("RESPONSE_CACHE['ttl']", s.RESPONSE_CACHE.get("ttl"), True),
+        ("BUDGET_DEFAULT_OUTPUT_TOKENS", s.BUDGET_DEFAULT_OUTPUT_TOKENS, True),
+        ("BUDGET_CACHE_SECONDS", s.BUDGET_CACHE_SECONDS, True),
+        ("RUNAWAY_DETECTION['window_minutes']", s.RUNAWAY_DETECTION.get("window_minutes"), False),
+        (
+            "RUNAWAY_DETECTION['baseline_minutes']",
+            s.RUNAWAY_DETECTION.get("baseline_minutes"),
+            False,
+        ),
+        ("RUNAWAY_DETECTION['factor']", s.RUNAWAY_DETECTION.get("factor"), False),
+        ("RUNAWAY_DETECTION['block_minutes']", s.RUNAWAY_DETECTION.get("block_minutes"), True),
     ]
     return [
         _error(

@@ -48,13 +48,38 @@ DEFAULTS: dict[str, Any] = {
     "PRICE_CACHE_SECONDS": 60,
     # Cost multipliers for provider service tiers that genai-prices does not model.
     "SERVICE_TIER_MULTIPLIERS": {"batch": "0.5", "flex": "0.5"},
+    # Budgets: output tokens assumed for a call that sets no max_tokens, when reserving.
+    "BUDGET_DEFAULT_OUTPUT_TOKENS": 1024,
+    # How long a process caches a team's budget list (other processes' edits show after).
+    "BUDGET_CACHE_SECONDS": 5,
+    # Runaway detection: spend over the last `window_minutes` above `factor` times the
+    # average per window over the previous `baseline_minutes` (and at least
+    # `min_spend_usd`) fires `spend_anomaly_detected`; `block_minutes` > 0 also blocks the
+    # feature (or team) for that long. State is shared through the cache `cache_alias`.
+    "RUNAWAY_DETECTION": {
+        "enabled": True,
+        "window_minutes": 5,
+        "baseline_minutes": 60,
+        "factor": 5,
+        "min_spend_usd": "1.00",
+        "block_minutes": 0,
+        "cache_alias": "default",
+    },
+    # Budget alert e-mails: sender (None: DEFAULT_FROM_EMAIL) and webhook timeout.
+    "ALERT_FROM_EMAIL": None,
+    "ALERT_WEBHOOK_TIMEOUT": 5,
     # Re-raise FluxGate's own internal errors instead of logging them. Never turn this
     # on in production: it exists so the test suite sees bookkeeping bugs.
     "RAISE_ERRORS": False,
 }
 
 #: Keys whose values are dicts merged key by key onto the defaults.
-MERGED_DICT_KEYS = ("CIRCUIT_BREAKER", "RESPONSE_CACHE", "SERVICE_TIER_MULTIPLIERS")
+MERGED_DICT_KEYS = (
+    "CIRCUIT_BREAKER",
+    "RESPONSE_CACHE",
+    "SERVICE_TIER_MULTIPLIERS",
+    "RUNAWAY_DETECTION",
+)
 
 RECORDER_ALIASES = {
     "sync": "fluxgate_django.recording.sync.SyncRecorder",

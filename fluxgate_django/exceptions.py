@@ -25,3 +25,7 @@ class BudgetExceeded(Exception):
         self.limit = limit
         self.spent = spent
         self.window = window
+
+
+class BudgetStoreUnavailable(BudgetExceeded):
+    """The budget store (the database) could not be asked, and budgets fail closed."""

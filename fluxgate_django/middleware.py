@@ -10,7 +10,8 @@ Add ``"fluxgate_django.middleware.FluxGateContextMiddleware"`` to ``MIDDLEWARE``
   ``A-Z a-z 0-9 . _ : -``), else a new uuid4 hex; echoed on the response;
 * ``team``: the slug of the team named by the ``X-FluxGate-Team`` header if the user is a
   member of it (the header is ignored otherwise), else the user's team; a user in several
-  teams is attributed to the first by name. One query, for authenticated users only;
+  teams is attributed to the first by name. One query, for authenticated users only (if
+  it fails the request goes on without a team: tracking never breaks the site);
 * ``feature``: the view name of the resolved URL (``"app:view"``), set in ``process_view``
   so that a ``tracking_context(feature=...)`` inside the view, being inner, wins.
 
@@ -36,6 +37,7 @@ from django.http import FileResponse, HttpRequest, HttpResponseBase
 from django.utils.crypto import salted_hmac
 
 from .context import TrackingContext, current_context, reset_context, set_context
+from .errors import capture_internal_exceptions
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TEAM_HEADER = "X-FluxGate-Team"
@@ -105,7 +107,7 @@ class FluxGateContextMiddleware:
         if self.async_mode:
             markcoroutinefunction(self)
             # Django runs a sync process_view in a thread under ASGI: match our mode instead.
-            self.process_view = self._aprocess_view  # type: ignore[method-assign]
+            self.process_view = self._aprocess_view  # type: ignore[method-assign,assignment]
 
     # -- sync ---------------------------------------------------------------------------
 
@@ -115,7 +117,8 @@ class FluxGateContextMiddleware:
         user = _user_value(getattr(request, "user", None))
         team = None
         if user is not None:
-            team = _team_query(user["pk"], request.headers.get(TEAM_HEADER)).first()
+            with capture_internal_exceptions("looking up the request's team"):
+                team = _team_query(user["pk"], request.headers.get(TEAM_HEADER)).first()
         ctx = self._start(request, user, team)
         token = set_context(ctx)
         try:
@@ -135,7 +138,8 @@ class FluxGateContextMiddleware:
         user = await _auser_value(request)
         team = None
         if user is not None:
-            team = await _team_query(user["pk"], request.headers.get(TEAM_HEADER)).afirst()
+            with capture_internal_exceptions("looking up the request's team"):
+                team = await _team_query(user["pk"], request.headers.get(TEAM_HEADER)).afirst()
         ctx = self._start(request, user, team)
         token = set_context(ctx)
         try:
@@ -181,7 +185,7 @@ class FluxGateContextMiddleware:
     @staticmethod
     def _finish(response: HttpResponseBase) -> HttpResponseBase:
         ctx = current_context()
-        response.setdefault(REQUEST_ID_HEADER, ctx.request_id)
+        response.setdefault(REQUEST_ID_HEADER, ctx.request_id or "")
         if response.streaming and not isinstance(response, FileResponse):
             _stream_in_context(response, ctx)
         return response

@@ -274,3 +274,105 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model} {self.status} {self.tracking_id}"
+
+
+#: Budget counters hold money as integers of 1e-10 USD (the precision of ``Event.cost_usd``),
+#: so that the conditional UPDATE that reserves spend is exact on every database.
+MONEY_UNIT = Decimal("1e-10")
+
+
+def to_units(amount: Decimal) -> int:
+    return int((amount / MONEY_UNIT).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def from_units(units: int) -> Decimal:
+    return (Decimal(units) * MONEY_UNIT).normalize() if units else Decimal(0)
+
+
+class SpendCounter(models.Model):
+    """Spend and in-flight reservations of one budget in one window (a day or a month).
+
+    ``limit_units`` and ``blocking`` are copied from the budget so that a reservation is a
+    single conditional UPDATE of this row (``WHERE spent + reserved + x <= limit``).
+    """
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="counters")
+    window_start = models.DateField()
+    limit_units = models.BigIntegerField()
+    blocking = models.BooleanField()
+    spent_units = models.BigIntegerField(default=0)
+    reserved_units = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["budget", "window_start"], name="fluxgate_unique_counter_window"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.budget} from {self.window_start}"
+
+    @property
+    def spent(self) -> Decimal:
+        return from_units(self.spent_units)
+
+    @property
+    def reserved(self) -> Decimal:
+        return from_units(self.reserved_units)
+
+    @property
+    def limit(self) -> Decimal:
+        return from_units(self.limit_units)
+
+    @property
+    def percent_used(self) -> Decimal:
+        if not self.limit_units:
+            return Decimal(0)
+        return (Decimal(self.spent_units) * 100 / Decimal(self.limit_units)).quantize(
+            Decimal("0.1")
+        )
+
+
+class BudgetAlert(models.Model):
+    """A budget crossed a threshold (its alert percent, or 100%) in a window: one row each."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    window_start = models.DateField()
+    threshold_percent = models.PositiveSmallIntegerField()
+    spent_usd = models.DecimalField(**COST_FIELD)
+    limit_usd = models.DecimalField(**PRICE_FIELD)
+    kind = models.CharField(max_length=20, default="threshold")
+    created_at = models.DateTimeField(default=timezone.now)
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["budget", "window_start", "threshold_percent"],
+                name="fluxgate_unique_alert",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.budget}: {self.threshold_percent}% on {self.window_start}"
+
+
+class SpendAnomaly(models.Model):
+    """A runaway: a team's or feature's spend rate far above its trailing average."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="anomalies")
+    feature = models.CharField(max_length=100, blank=True, default="")
+    window_minutes = models.PositiveSmallIntegerField()
+    recent_usd = models.DecimalField(**COST_FIELD)
+    baseline_usd = models.DecimalField(**COST_FIELD)
+    blocked_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        scope = f"{self.team} / {self.feature}" if self.feature else str(self.team)
+        return f"Runaway spend in {scope} at {self.created_at:%Y-%m-%d %H:%M}"

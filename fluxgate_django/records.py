@@ -142,6 +142,8 @@ class EventRecord:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     tags: list[str] = dataclasses.field(default_factory=list)
     content: Any = None
+    #: A budget reservation to settle with this event's cost (see budgets.BudgetGuard).
+    budget_reservation: dict[str, Any] | None = None
 
     def tracking_result(self) -> TrackingResult:
         return TrackingResult(

@@ -50,3 +50,13 @@ def async_anthropic_client(fake):
     return anthropic.AsyncAnthropic(
         api_key="sk-ant-test-key", base_url=fake.anthropic_base_url, max_retries=0
     )
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    """Rate counters, breakers and blocks live in the cache: start every test clean."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()

@@ -43,6 +43,8 @@ if DATABASE_URL.startswith(("postgres://", "postgresql://")):
     import dj_database_url
 
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    if os.environ.get("TEST_DATABASE_NAME"):  # e.g. to run two suites side by side
+        DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 

@@ -219,6 +219,7 @@ def test_revoke_action(admin_client: Client, team: Team) -> None:
     assert k3.revoked_at == earlier  # already revoked: untouched
     assert ApiKey.objects.get_from_secret(s1) is None
     assert ApiKey.objects.get_from_secret(s2) == k2
+    assert ApiKey.objects.get_from_secret(s3) is None
 
 
 # -- teams, prices, budgets ----------------------------------------------------------------
@@ -288,9 +289,8 @@ def test_model_price_added_in_admin_prices_the_next_call(
     fake.enqueue(reply)
     after = client.chat.completions.create(model=model, messages=messages)
     # 800 uncached input + 200 cached input + 500 output tokens, per million
-    expected = (
-        800 * Decimal("2.50") + 200 * Decimal("1.25") + 500 * Decimal("10")
-    ) / Decimal(1_000_000)
+    mtok = Decimal(1_000_000)
+    expected = 800 * Decimal("2.50") / mtok + 200 * Decimal("1.25") / mtok + 500 * 10 / mtok
     assert expected == Decimal("0.00725")
     assert after.fluxgate.cost == expected
     assert Event.objects.get(tracking_id=after.fluxgate.tracking_id).cost_usd == expected

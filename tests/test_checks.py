@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from fluxgate_django.conf import DEFAULTS, fluxgate_settings
+from fluxgate_django.conf import fluxgate_settings
 
 BASE = {"RECORDER": "sync", "RAISE_ERRORS": True}
 
@@ -123,19 +123,20 @@ def test_unknown_key_warns() -> None:
 
 
 def test_settings_reload_on_override() -> None:
-    assert fluxgate_settings.BATCH_SIZE == DEFAULTS["BATCH_SIZE"]
+    assert fluxgate_settings.BATCH_SIZE == 500  # the default
     assert fluxgate_settings.RECORDER == "sync"
-    with override_settings(FLUXGATE={**settings.FLUXGATE, "BATCH_SIZE": 7, "RECORDER": "thread"}):
+    overrides = {**settings.FLUXGATE, "BATCH_SIZE": 7, "RECORDER": "thread"}
+    with override_settings(FLUXGATE=overrides):
         assert fluxgate_settings.BATCH_SIZE == 7
         assert fluxgate_settings.RECORDER == "thread"
-    assert fluxgate_settings.BATCH_SIZE == DEFAULTS["BATCH_SIZE"]
+    assert fluxgate_settings.BATCH_SIZE == 500  # the default
     assert fluxgate_settings.RECORDER == "sync"
 
 
 def test_merged_dict_settings() -> None:
     with override_settings(FLUXGATE={**settings.FLUXGATE, "CIRCUIT_BREAKER": {"failures": 9}}):
         assert fluxgate_settings.CIRCUIT_BREAKER == {"failures": 9, "cooldown_seconds": 300}
-    assert fluxgate_settings.CIRCUIT_BREAKER == DEFAULTS["CIRCUIT_BREAKER"]
+    assert fluxgate_settings.CIRCUIT_BREAKER == {"failures": 3, "cooldown_seconds": 300}
 
 
 def test_unknown_setting_attribute() -> None:

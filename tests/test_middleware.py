@@ -63,6 +63,12 @@ def llm_settings(settings: Any, fake: FakeProvider) -> FakeProvider:
     return fake
 
 
+def session_key(client: Client) -> str:
+    key = client.session.session_key
+    assert key is not None
+    return key
+
+
 def logged_in(user: Any) -> Client:
     client = Client()
     client.force_login(user)
@@ -87,7 +93,7 @@ def test_sync_view_sees_request_context(make_user: Any, make_team: Any) -> None:
     assert data["user"] == expected_user(user)
     assert data["team"] == team.slug
     assert data["feature"] == "echo"  # the URL's view name
-    assert data["session_id"] == session_fingerprint(client.session.session_key)
+    assert data["session_id"] == session_fingerprint(session_key(client))
     assert HEX32.fullmatch(data["request_id"])
     assert response["X-Request-ID"] == data["request_id"]
     assert current_context() is EMPTY_CONTEXT
@@ -96,8 +102,8 @@ def test_sync_view_sees_request_context(make_user: Any, make_team: Any) -> None:
 def test_session_key_itself_is_not_exposed(make_user: Any) -> None:
     client = logged_in(make_user())
     data = client.get("/ctx/echo/").json()
-    assert data["session_id"] != client.session.session_key
-    assert client.session.session_key not in json.dumps(data)
+    assert data["session_id"] != session_key(client)
+    assert session_key(client) not in json.dumps(data)
 
 
 def test_anonymous_request(make_team: Any) -> None:
@@ -122,7 +128,7 @@ def test_async_view_sees_request_context(make_user: Any, make_team: Any) -> None
         client = AsyncClient()
         await client.aforce_login(user)
         response = await client.get("/ctx/aecho/", headers={"X-Request-ID": "req-async-1"})
-        return response, (await client.asession()).session_key
+        return response, (await client.asession()).session_key or ""
 
     response, session_key = async_to_sync(run)()
     data = response.json()
@@ -192,8 +198,8 @@ def test_team_header_honoured_only_for_members(make_user: Any, make_team: Any) -
     client = logged_in(make_user("alice", beta, alpha))
 
     def team_for(header: str | None) -> str:
-        extra = {} if header is None else {"HTTP_X_FLUXGATE_TEAM": header}
-        return client.get("/ctx/echo/", **extra).json()["team"]
+        headers = {} if header is None else {"X-FluxGate-Team": header}
+        return client.get("/ctx/echo/", headers=headers).json()["team"]
 
     assert team_for(None) == alpha.slug  # several teams: the first by name
     assert team_for(beta.slug) == beta.slug
@@ -217,6 +223,25 @@ def test_team_lookup_is_one_query(make_user: Any, make_team: Any) -> None:
         data = client.get("/ctx/echo/", HTTP_X_FLUXGATE_TEAM=beta.slug).json()
     assert data["team"] == beta.slug
     assert len([q for q in queries if "fluxgate_django_team" in q["sql"]]) == 1
+
+
+def test_team_lookup_failure_does_not_break_the_request(
+    make_user: Any, make_team: Any, settings: Any, monkeypatch: Any
+) -> None:
+    from django.db import DatabaseError
+
+    from fluxgate_django import middleware
+
+    def broken(*args: Any) -> Any:
+        raise DatabaseError("team table unavailable")
+
+    settings.FLUXGATE = {**settings.FLUXGATE, "RAISE_ERRORS": False}
+    monkeypatch.setattr(middleware, "_team_query", broken)
+    client = logged_in(make_user("alice", make_team("Alpha")))
+    response = client.get("/ctx/echo/")
+    assert response.status_code == 200
+    assert response.json()["team"] is None
+    assert response.json()["user"] is not None
 
 
 def test_async_team_header(make_user: Any, make_team: Any) -> None:
@@ -275,7 +300,7 @@ def test_tracked_call_in_sync_view_is_attributed(
     assert event.end_user_id == str(user.pk)
     assert event.end_user_email == "alice@example.com"
     assert event.team_id == team.pk
-    assert event.session_id == session_fingerprint(client.session.session_key)
+    assert event.session_id == session_fingerprint(session_key(client))
     assert event.request_id == "req-sync-1"
     assert event.feature == "chat"
     assert (event.input_tokens, event.output_tokens) == (100, 20)
@@ -304,7 +329,7 @@ def test_tracked_call_in_async_view_is_attributed(
             {"feature": "async-chat"},
             headers={"X-Request-ID": "req-async-2", "X-FluxGate-Team": beta.slug},
         )
-        return response, (await client.asession()).session_key
+        return response, (await client.asession()).session_key or ""
 
     response, session_key = async_to_sync(run)()
 
@@ -325,10 +350,10 @@ def test_streaming_response_keeps_request_context(
     user = make_user("alice", team)
     client = logged_in(user)
 
-    response = client.get("/ctx/stream/", HTTP_X_REQUEST_ID="req-stream")
+    response: Any = client.get("/ctx/stream/", HTTP_X_REQUEST_ID="req-stream")
     assert current_context() is EMPTY_CONTEXT  # the body has not been produced yet
+    # (the test client closes the response once its body is consumed)
     lines = [json.loads(line) for line in b"".join(response.streaming_content).splitlines()]
-    response.close()
 
     assert lines[0]["feature"] == "stream"
     assert lines[0]["request_id"] == "req-stream"
@@ -344,7 +369,7 @@ def test_async_streaming_response_keeps_request_context(make_user: Any) -> None:
     async def run() -> list[dict[str, Any]]:
         client = AsyncClient()
         await client.aforce_login(user)
-        response = await client.get("/ctx/astream/", headers={"X-Request-ID": "req-astream"})
+        response: Any = await client.get("/ctx/astream/", headers={"X-Request-ID": "req-astream"})
         assert current_context() is EMPTY_CONTEXT
         body = b"".join([part async for part in response.streaming_content])
         assert current_context() is EMPTY_CONTEXT
@@ -381,7 +406,7 @@ def test_without_auth_middleware_async(make_user: Any, with_user: bool) -> None:
     """No request.auser(): a request.user set by other code is read in a thread."""
     middleware = FluxGateContextMiddleware(_aecho_response)
     assert iscoroutinefunction(middleware)
-    request = AsyncRequestFactory().get("/", headers={"X-Request-ID": "r1"})
+    request: Any = AsyncRequestFactory().get("/", headers={"X-Request-ID": "r1"})
     user = make_user()
     if with_user:
         request.user = SimpleLazyObject(lambda: User.objects.get(pk=user.pk))
@@ -428,8 +453,11 @@ def test_concurrent_requests_in_threads_do_not_share_context(
     clients = [logged_in(u) for u in users]
 
     def request(i: int) -> tuple[dict[str, Any], Any]:
-        data = clients[i].get("/ctx/echo/", HTTP_X_REQUEST_ID=f"req-{i}").json()
-        return data, current_context()
+        try:
+            data = clients[i].get("/ctx/echo/", HTTP_X_REQUEST_ID=f"req-{i}").json()
+            return data, current_context()
+        finally:
+            connection.close()  # this thread's own connection
 
     # Every request waits inside the view until all n are in flight at once.
     views.barrier = threading.Barrier(n, timeout=10)

@@ -314,9 +314,7 @@ def test_override_wins_at_once_and_is_dropped_after_delete(openai, fake):
     # 1000 x $2 + 500 x $8 = (2000 + 4000) / 1M
     row.cache_read_per_mtok = None
     row.save()
-    assert calculate_cost("openai", "gpt-4o", REFERENCE_USAGE) == Cost(
-        Decimal("0.006"), "override"
-    )
+    assert calculate_cost("openai", "gpt-4o", REFERENCE_USAGE) == Cost(Decimal("0.006"), "override")
 
     row.delete()
     assert calculate_cost("openai", "gpt-4o", REFERENCE_USAGE) == Cost(
@@ -400,9 +398,7 @@ def test_other_process_overrides_are_cached_for_price_cache_seconds(monkeypatch)
     real_monotonic = pricing.time.monotonic
     later = types.SimpleNamespace(monotonic=lambda: real_monotonic() + 61)
     monkeypatch.setattr(pricing, "time", later)
-    assert calculate_cost("openai", "gpt-4o", REFERENCE_USAGE) == Cost(
-        Decimal("0.002"), "override"
-    )
+    assert calculate_cost("openai", "gpt-4o", REFERENCE_USAGE) == Cost(Decimal("0.002"), "override")
 
 
 # -- service tiers and OpenRouter ------------------------------------------------------------

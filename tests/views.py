@@ -20,7 +20,7 @@ from fluxgate_django import current_context, track_openai, tracking_context
 from fluxgate_django.conf import fluxgate_settings
 from fluxgate_django.context import TrackingContext
 
-MESSAGES = [{"role": "user", "content": "hi"}]
+MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
 #: Set by a test so that concurrent requests all wait for each other inside the view.
 barrier: threading.Barrier | None = None
@@ -51,7 +51,7 @@ def echo(request: HttpRequest) -> JsonResponse:
 
 async def aecho(request: HttpRequest) -> JsonResponse:
     # AuthenticationMiddleware's request.user is lazy; the middleware must use auser().
-    user_evaluated = request.user._wrapped is not empty  # type: ignore[attr-defined]
+    user_evaluated = getattr(request.user, "_wrapped", empty) is not empty
     before = context_json(current_context())
     # Let other requests on the event loop run in between.
     for _ in range(3):
@@ -67,6 +67,7 @@ def boom(request: HttpRequest) -> JsonResponse:
 
 
 def chat(request: HttpRequest) -> JsonResponse:
+    client: Any
     with track_openai() as client, _feature_block(request):
         response = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         ctx = current_context()
@@ -77,6 +78,7 @@ async def achat(request: HttpRequest) -> JsonResponse:
     import openai
 
     options = {k: v for k, v in fluxgate_settings.PROVIDERS["openai"].items() if v is not None}
+    client: Any
     async with track_openai(openai.AsyncOpenAI(max_retries=0, **options)) as client:
         with _feature_block(request):
             response = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -89,6 +91,7 @@ def stream(request: HttpRequest) -> StreamingHttpResponse:
 
     def body() -> Iterator[str]:
         yield json.dumps(context_json(current_context())) + "\n"
+        client: Any
         with track_openai() as client:
             response = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         yield json.dumps({"tracking_id": str(response.fluxgate.tracking_id)}) + "\n"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -22,7 +24,9 @@ from . import spool
 
 logger = logging.getLogger("fluxgate.recording")
 
-_MODEL_FIELDS = tuple(f for f in EVENT_RECORD_FIELDS if f not in ("team", "user_pk"))
+_MODEL_FIELDS = tuple(
+    f for f in EVENT_RECORD_FIELDS if f not in ("team", "user_pk", "budget_reservation")
+)
 
 
 class BaseRecorder(abc.ABC):
@@ -65,6 +69,11 @@ class _TeamIds:
 _team_ids = _TeamIds()
 
 
+def forget_team_ids() -> None:
+    """Teams changed: resolve slugs afresh (connected to Team saves and deletes)."""
+    _team_ids._ids.clear()
+
+
 def to_event(record: EventRecord, team_ids: dict[str, int | None]) -> Any:
     """An unsaved ``Event`` for ``record`` (teams given as slugs resolved via ``team_ids``)."""
     from ..models import Event
@@ -74,6 +83,12 @@ def to_event(record: EventRecord, team_ids: dict[str, int | None]) -> Any:
 
 def _column_values(record: EventRecord, team_ids: dict[str, int | None]) -> dict[str, Any]:
     values = {f: getattr(record, f) for f in _MODEL_FIELDS}
+    for name, limit in _max_lengths().items():
+        # A value longer than its column (a client's X-Request-ID, a long feature name)
+        # would fail the whole batch on PostgreSQL, and every replay of it: cut it.
+        value = values[name]
+        if isinstance(value, str) and len(value) > limit:
+            values[name] = value[:limit]
     team = record.team
     if team is None or isinstance(team, int):
         values["team_id"] = team
@@ -85,6 +100,61 @@ def _column_values(record: EventRecord, team_ids: dict[str, int | None]) -> dict
         values["team_id"] = team.pk
     values["user_id"] = record.user_pk
     return values
+
+
+@functools.cache
+def _max_lengths() -> dict[str, int]:
+    from ..models import Event
+
+    return {
+        f.name: f.max_length
+        for f in Event._meta.concrete_fields
+        if f.name in _MODEL_FIELDS and f.max_length and f.get_internal_type() == "CharField"
+    }
+
+
+def _drop_dangling_links(
+    records: Sequence[EventRecord], team_ids: dict[str, int | None]
+) -> Sequence[EventRecord]:
+    """``records``, minus their links to users or teams that no longer exist.
+
+    Foreign keys are checked when the transaction commits, so one event of a deleted user
+    would fail its whole batch there (past the IntegrityError fallback) and every replay
+    of it from the spool. The event is kept; only the broken link is dropped.
+    """
+    from django.contrib.auth import get_user_model
+    from django.core.exceptions import ValidationError
+
+    from ..models import Team
+
+    def team_pk(r: EventRecord) -> Any:
+        return team_ids.get(r.team) if isinstance(r.team, str) else getattr(r.team, "pk", r.team)
+
+    user_model = get_user_model()
+    wanted: dict[Any, Any] = {}
+    gone_users: set[Any] = set()
+    for raw in {r.user_pk for r in records if r.user_pk is not None}:
+        try:
+            wanted[raw] = user_model._meta.pk.to_python(raw)
+        except ValidationError:
+            gone_users.add(raw)
+    if wanted:
+        found = set(
+            user_model._default_manager.filter(pk__in=wanted.values()).values_list("pk", flat=True)
+        )
+        gone_users.update(raw for raw, pk in wanted.items() if pk not in found)
+    teams = {pk for pk in map(team_pk, records) if pk is not None}
+    gone_teams = teams - set(Team.objects.filter(pk__in=teams).values_list("pk", flat=True))
+    if not gone_users and not gone_teams:
+        return records
+    return [
+        dataclasses.replace(
+            r,
+            user_pk=None if r.user_pk in gone_users else r.user_pk,
+            team=None if team_pk(r) in gone_teams else r.team,
+        )
+        for r in records
+    ]
 
 
 class _Inserter:
@@ -133,13 +203,14 @@ def _insert(records: Sequence[EventRecord], team_ids: dict[str, int | None]) -> 
     if inserter is None:
         inserter = _inserters[conn.vendor] = _Inserter(conn)
     params = [inserter.params(_column_values(r, team_ids), conn) for r in records]
-    with transaction.atomic(), conn.cursor() as cursor:
+    with conn.cursor() as cursor:
         for start in range(0, len(params), 1000):
             cursor.executemany(inserter.sql, params[start : start + 1000])
 
 
 def write_events(records: Sequence[EventRecord], *, replay_spool: bool = True) -> int:
-    """Insert ``records`` (duplicates by ``tracking_id`` are skipped).
+    """Insert ``records`` (duplicates by ``tracking_id`` are skipped) and settle the budget
+    reservations they carry, in one transaction.
 
     If the database is unreachable the records go to the spool instead, and are written
     by a later successful call. Returns how many records were written (not spooled).
@@ -148,11 +219,22 @@ def write_events(records: Sequence[EventRecord], *, replay_spool: bool = True) -
         return 0
     try:
         team_ids = _team_ids.resolve(records)
-        try:
-            _insert(records, team_ids)
-        except IntegrityError:
-            # A row points at a user or team deleted meanwhile: keep the event, drop the link.
-            _write_one_by_one([to_event(r, team_ids) for r in records])
+        records = _drop_dangling_links(records, team_ids)
+        with transaction.atomic():
+            settlement = _settlement(records)
+            try:
+                with transaction.atomic():
+                    _insert(records, team_ids)
+            except IntegrityError:
+                # A row points at a user or team deleted meanwhile: keep the event, drop
+                # the link.
+                _write_one_by_one([to_event(r, team_ids) for r in records])
+            if settlement:
+                from ..alerts import check_thresholds
+                from ..budgets import settle_counters
+
+                settle_counters(settlement)
+                check_thresholds(list(settlement))
     except DatabaseError:
         logger.warning(
             "FluxGate could not write %d events to the database; spooling them",
@@ -162,9 +244,50 @@ def write_events(records: Sequence[EventRecord], *, replay_spool: bool = True) -
         spool.append(records)
         _discard_broken_connection()
         return 0
+    _count_spend_rate(records, team_ids)
     if replay_spool and spool.has_pending():
         spool.replay(write_events)
     return len(records)
+
+
+def _settlement(records: Sequence[EventRecord]) -> dict[int, tuple[int, int]]:
+    """Budget settlements of the records not stored before (a replay settles nothing twice)."""
+    reserved = [r for r in records if r.budget_reservation]
+    if not reserved:
+        return {}
+    from ..budgets import settlement_for
+    from ..models import Event
+
+    stored = set(
+        Event.objects.filter(tracking_id__in=[r.tracking_id for r in reserved]).values_list(
+            "tracking_id", flat=True
+        )
+    )
+    return settlement_for(r for r in reserved if r.tracking_id not in stored)
+
+
+def _count_spend_rate(records: Sequence[EventRecord], team_ids: dict[str, int | None]) -> None:
+    """Feed runaway detection with this batch's spend per team and feature."""
+    from ..conf import fluxgate_settings
+
+    if not fluxgate_settings.RUNAWAY_DETECTION.get("enabled"):
+        return
+    from ..models import to_units
+    from ..runaway import record_spend
+
+    spend: dict[tuple[int, str], int] = {}
+    for r in records:
+        if r.cost_usd is None or r.team is None:
+            continue
+        team = r.team
+        team_id = team_ids.get(team) if isinstance(team, str) else getattr(team, "pk", team)
+        if team_id is not None:
+            key = (int(team_id), r.feature)
+            spend[key] = spend.get(key, 0) + to_units(r.cost_usd)
+    from ..errors import capture_internal_exceptions
+
+    with capture_internal_exceptions("runaway detection"):
+        record_spend(spend)
 
 
 def _write_one_by_one(rows: list[Any]) -> None:

@@ -22,9 +22,13 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NamedTuple, Protocol
 
+from asgiref.sync import sync_to_async
+
+from ..budgets import BudgetGuard, check_budget, max_output_tokens, might_apply, prompt_chars
 from ..conf import fluxgate_settings
 from ..context import TrackingContext, current_context
 from ..errors import capture_internal_exceptions
+from ..exceptions import BudgetExceeded
 from ..pipeline import build_record, submit
 from ..records import CallInfo, EventRecord, Status, Usage
 
@@ -161,6 +165,8 @@ def _sync_request(state: _ClientState) -> Callable[..., Any]:
         call = _start(state, options, stream)
         if call is None:
             return original(cast_to, options, stream=stream, stream_cls=stream_cls)
+        if might_apply(call.ctx):
+            call.reserve_budget()  # raises BudgetExceeded before anything is sent
         try:
             result = original(cast_to, options, stream=stream, stream_cls=stream_cls)
         except BaseException as exc:
@@ -180,6 +186,9 @@ def _async_request(state: _ClientState) -> Callable[..., Any]:
         call = _start(state, options, stream)
         if call is None:
             return await original(cast_to, options, stream=stream, stream_cls=stream_cls)
+        if might_apply(call.ctx):
+            # One database round trip, which must not run on the event loop.
+            await sync_to_async(call.reserve_budget, thread_sensitive=False)()
         try:
             result = await original(cast_to, options, stream=stream, stream_cls=stream_cls)
         except BaseException as exc:
@@ -217,6 +226,7 @@ class TrackedCall:
         "body",
         "ctx",
         "first_chunk_at",
+        "guard",
         "info",
         "operation",
         "record",
@@ -247,7 +257,25 @@ class TrackedCall:
         self.accumulator: StreamAccumulator | None = None
         self.first_chunk_at: float | None = None
         self.record: EventRecord | None = None
+        self.guard: BudgetGuard | None = None
         self.started = time.perf_counter()
+
+    def reserve_budget(self) -> None:
+        """Reserve this call's estimated cost on the budgets that apply (see budgets.py)."""
+        try:
+            self.guard = check_budget(
+                self.ctx,
+                self.info.provider,
+                self.info.requested_model,
+                prompt_chars=prompt_chars(self.body),
+                max_output_tokens=max_output_tokens(self.body, self.operation),
+                operation=self.operation,
+            )
+        except BudgetExceeded:
+            raise
+        except Exception:
+            with capture_internal_exceptions("reserving budget"):
+                raise
 
     # -- outcomes --------------------------------------------------------------------
 
@@ -330,6 +358,8 @@ class TrackedCall:
             content=content,
             extra_metadata=extra_metadata,
         )
+        if self.guard is not None:
+            self.guard.attach(record)  # settled by the recorder with the event's cost
         self.record = record
         submit(record)
         return record

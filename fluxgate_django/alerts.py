@@ -1,0 +1,242 @@
+"""Budget alerts: one ``BudgetAlert`` per budget, window and threshold, then notify.
+
+The unique constraint on (budget, window, threshold) makes "once" hold across processes:
+whoever inserts the row sends the signal and the notifications. Notifications (e-mail to
+the team's admins through Django's mail, and the budget's webhook) go through a Celery
+task when Celery is configured (``CELERY_BROKER_URL`` set and celery installed), else a
+background thread — never on the caller's LLM call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.request
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .conf import fluxgate_settings
+
+logger = logging.getLogger("fluxgate.alerts")
+
+
+def thresholds_crossed(budget_threshold: int, spent_units: int, limit_units: int) -> list[int]:
+    """The thresholds (alert percent and 100) that ``spent`` has reached."""
+    if limit_units <= 0:
+        return []
+    percent = Decimal(spent_units) * 100 / Decimal(limit_units)
+    return [t for t in sorted({budget_threshold, 100}) if percent >= t]
+
+
+def raise_alert(budget: Any, counter: Any, threshold: int, *, kind: str = "threshold") -> bool:
+    """Create the alert for this window and threshold unless it exists; True if created."""
+    from .models import BudgetAlert
+    from .signals import budget_threshold_crossed
+
+    try:
+        with transaction.atomic():
+            alert = BudgetAlert.objects.create(
+                budget=budget,
+                window_start=counter.window_start,
+                threshold_percent=threshold,
+                spent_usd=counter.spent,
+                limit_usd=counter.limit,
+                kind=kind,
+            )
+    except IntegrityError:
+        return False  # someone (maybe another process) already raised it
+
+    def announce() -> None:
+        budget_threshold_crossed.send(
+            sender=type(budget),
+            budget=budget,
+            alert=alert,
+            threshold_percent=threshold,
+            spent=alert.spent_usd,
+            limit=alert.limit_usd,
+            window_start=alert.window_start,
+        )
+        dispatch_notification(alert.pk)
+
+    transaction.on_commit(announce)
+    return True
+
+
+def check_thresholds(counter_ids: list[int]) -> None:
+    """Raise the alerts that these counters' spend has reached (called after settling)."""
+    from .models import SpendCounter
+
+    for counter in SpendCounter.objects.filter(id__in=counter_ids).select_related("budget"):
+        for threshold in thresholds_crossed(
+            counter.budget.alert_threshold_percent, counter.spent_units, counter.limit_units
+        ):
+            raise_alert(counter.budget, counter, threshold)
+
+
+def celery_configured() -> bool:
+    from django.conf import settings
+
+    if not getattr(settings, "CELERY_BROKER_URL", None):
+        return False
+    try:
+        import celery  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def dispatch_notification(alert_id: int) -> None:
+    """Send the alert's e-mail and webhook off the caller's path."""
+    if celery_configured():
+        try:
+            from .tasks import send_budget_alert
+
+            send_budget_alert.delay(alert_id)
+            return
+        except Exception:
+            logger.warning("FluxGate could not queue the alert task; sending in-process")
+    _start_thread(send_notifications, alert_id)
+
+
+_threads: list[threading.Thread] = []
+
+
+def wait_for_notifications(timeout: float = 10) -> None:
+    """Wait for in-process notification threads (tests, shutdown)."""
+    while _threads:
+        _threads.pop().join(timeout)
+
+
+def dispatch_anomaly_notification(anomaly_id: int) -> None:
+    """Tell the team's admins about a runaway, off the caller's path."""
+    if celery_configured():
+        try:
+            from .tasks import send_anomaly_alert
+
+            send_anomaly_alert.delay(anomaly_id)
+            return
+        except Exception:
+            logger.warning("FluxGate could not queue the anomaly task; sending in-process")
+    _start_thread(send_anomaly_notifications, anomaly_id)
+
+
+def _start_thread(func: Any, arg: int) -> None:
+    thread = threading.Thread(
+        target=_run_and_close, args=(func, arg), name="fluxgate-alert", daemon=True
+    )
+    thread.start()
+    _threads.append(thread)
+
+
+def _run_and_close(func: Any, arg: int, attempts: int = 5) -> None:
+    import time
+
+    from django.db import OperationalError, connection
+
+    try:
+        for attempt in range(attempts):
+            try:
+                func(arg)
+                return
+            except OperationalError:
+                # A busy or briefly unreachable database: try again shortly.
+                if attempt == attempts - 1:
+                    raise
+                connection.close()
+                time.sleep(0.05 * 2**attempt)
+    except Exception:
+        logger.exception("FluxGate could not send a notification (%s %s)", func.__name__, arg)
+    finally:
+        connection.close()
+
+
+def _admin_emails(team: Any) -> list[str]:
+    from .models import TeamMembership
+
+    return list(
+        TeamMembership.objects.filter(team=team, role=TeamMembership.Role.ADMIN)
+        .exclude(user__email="")
+        .values_list("user__email", flat=True)
+    )
+
+
+def send_anomaly_notifications(anomaly_id: int) -> None:
+    from django.core.mail import send_mail
+
+    from .models import SpendAnomaly
+
+    anomaly = SpendAnomaly.objects.select_related("team").get(pk=anomaly_id)
+    recipients = _admin_emails(anomaly.team)
+    if not recipients:
+        return
+    scope = anomaly.team.name + (f" / {anomaly.feature}" if anomaly.feature else "")
+    blocked = (
+        f"Calls are blocked until {anomaly.blocked_until:%Y-%m-%d %H:%M %Z}.\n"
+        if anomaly.blocked_until
+        else ""
+    )
+    send_mail(
+        f"[FluxGate] Runaway LLM spend in {scope}",
+        f"{scope} spent ${anomaly.recent_usd} in the last {anomaly.window_minutes} minutes, "
+        f"against a usual ${anomaly.baseline_usd:.4f} per {anomaly.window_minutes} minutes.\n"
+        f"{blocked}",
+        fluxgate_settings.ALERT_FROM_EMAIL,
+        recipients,
+    )
+
+
+def send_notifications(alert_id: int) -> None:
+    """E-mail the team's admins and call the budget's webhook (once per alert)."""
+    from django.core.mail import send_mail
+
+    from .models import BudgetAlert
+
+    alert = BudgetAlert.objects.select_related("budget__team").get(pk=alert_id)
+    if alert.notified_at is not None:
+        return
+    budget = alert.budget
+    recipients = _admin_emails(budget.team)
+    scope = f"{budget.team.name}" + (f" / {budget.feature}" if budget.feature else "")
+    subject = (
+        f"[FluxGate] {scope}: {alert.threshold_percent}% of the {budget.period}ly budget "
+        f"(${alert.spent_usd:.4f} of ${alert.limit_usd:.2f})"
+    )
+    body = (
+        f"The {budget.period}ly LLM budget of {scope} reached {alert.threshold_percent}% "
+        f"in the window starting {alert.window_start}.\n\n"
+        f"Spent: ${alert.spent_usd}\nLimit: ${alert.limit_usd}\n"
+        f"Action when exceeded: {budget.get_action_display()}\n"
+    )
+    if recipients:
+        send_mail(subject, body, fluxgate_settings.ALERT_FROM_EMAIL, recipients)
+    if budget.webhook_url:
+        _post_webhook(
+            budget.webhook_url,
+            {
+                "type": "budget_threshold_crossed",
+                "team": budget.team.slug,
+                "feature": budget.feature,
+                "period": budget.period,
+                "window_start": alert.window_start.isoformat(),
+                "threshold_percent": alert.threshold_percent,
+                "spent_usd": str(alert.spent_usd),
+                "limit_usd": str(alert.limit_usd),
+                "kind": alert.kind,
+            },
+        )
+    BudgetAlert.objects.filter(pk=alert.pk).update(notified_at=timezone.now())
+
+
+def _post_webhook(url: str, payload: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", "User-Agent": "fluxgate-django"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=fluxgate_settings.ALERT_WEBHOOK_TIMEOUT):
+        pass

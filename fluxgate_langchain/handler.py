@@ -1,0 +1,474 @@
+"""``FluxGateHandler``: a LangChain callback handler that records one FluxGate event per
+LLM call, with the same fields, prices and context as the tracked SDK clients."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+
+from .readers import first_generation, provider_name, read_llm_result, status_for_error
+from .runs import RunMap
+from .sinks import Sink, remote_settings, select_sink
+
+if TYPE_CHECKING:
+    from langchain_core.messages import BaseMessage
+    from langchain_core.outputs import LLMResult
+
+    from fluxgate_django.context import TrackingContext
+    from fluxgate_django.records import CallInfo, Usage
+
+logger = logging.getLogger("fluxgate.langchain")
+
+#: Per-run LangChain ``metadata`` keys → tracking context fields.
+METADATA_KEYS = {
+    "fluxgate_feature": "feature",
+    "fluxgate_user_id": "user",
+    "fluxgate_team": "team",
+    "fluxgate_session_id": "session_id",
+    "fluxgate_conversation_id": "conversation_id",
+    "fluxgate_step": "step",
+}
+#: Tags LangChain and LangGraph add for their own bookkeeping (``seq:step:2``...).
+_INTERNAL_TAG_PREFIXES = ("seq:", "graph:", "langsmith:")
+#: Operation recorded per provider, as the tracked SDK clients name it.
+_CHAT_OPERATION = {"anthropic": "messages"}
+
+
+class LLMRun:
+    """One chat model (or LLM) call in flight."""
+
+    __slots__ = (
+        "ctx",
+        "first_token_at",
+        "guard",
+        "operation",
+        "parent_run_id",
+        "prompt",
+        "provider",
+        "requested_model",
+        "run_id",
+        "started",
+        "tracking_id",
+    )
+
+    def __init__(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        ctx: TrackingContext,
+        provider: str,
+        requested_model: str,
+        operation: str,
+    ) -> None:
+        self.run_id = run_id
+        self.parent_run_id = parent_run_id
+        self.ctx = ctx
+        self.provider = provider
+        self.requested_model = requested_model
+        self.operation = operation
+        self.tracking_id = uuid.uuid4()
+        self.guard: Any = None
+        self.prompt: Any = None
+        self.first_token_at: float | None = None
+        self.started = time.perf_counter()
+
+
+class FluxGateHandler(BaseCallbackHandler):
+    """Record every LLM call of a LangChain run as a FluxGate event::
+
+        chain.invoke(x, config={"callbacks": [FluxGateHandler(feature="rag", user="u1")]})
+
+    **Where events go** (decided at the first event): with Django configured and
+    ``fluxgate_django`` installed, through the app's own pipeline (priced, recorded by the
+    configured recorder, budgets enforced). Otherwise — or when ``api_key=`` / ``base_url=``
+    are given — in batches from a background thread to a FluxGate site's ingest API
+    (``FLUXGATE_URL``, ``FLUXGATE_API_KEY``). With neither, a warning says events cannot be
+    sent.
+
+    **Context**, most specific first:
+
+    1. per-run LangChain ``metadata`` keys ``fluxgate_feature``, ``fluxgate_user_id``,
+       ``fluxgate_team``, ``fluxgate_session_id`` (also ``fluxgate_conversation_id``,
+       ``fluxgate_step``), e.g. ``config={"metadata": {"fluxgate_user_id": "u2"}}``;
+    2. this handler's own arguments;
+    3. the ambient context: ``tracking_context(...)`` and the request's middleware context.
+
+    ``metadata`` is merged (a more specific source wins per key) and ``tags`` combined (the
+    run's LangChain tags included, LangChain's internal ``seq:``/``graph:`` tags excepted).
+    ``step`` is ``fluxgate_step`` if given, else the LangGraph node, else the name of the
+    enclosing chain, else the ambient ``step``. ``run_id`` and ``parent_run_id`` are stored.
+
+    **Budgets**: in Django mode with ``enforce_budgets`` (default), the estimated cost is
+    reserved before the model is called and settled to the real cost afterwards; a blocking
+    budget raises :class:`fluxgate_django.BudgetExceeded` out of ``invoke`` / ``stream`` /
+    the graph, which stops a runaway agent loop. Outside Django nothing is enforced locally.
+
+    The handler never raises from a hook except that deliberate ``BudgetExceeded``; LLM
+    errors are recorded as ``ERROR`` events and propagate unchanged. One instance can be
+    shared by threads and asyncio tasks; the state of runs in flight is bounded by
+    ``max_runs``.
+    """
+
+    #: True only so that ``BudgetExceeded`` leaves ``on_chat_model_start``; every other
+    #: error inside the hooks is caught and logged.
+    raise_error = True
+    #: Hooks are cheap and never block on I/O, so they run inline in async runs instead of
+    #: hopping to a thread pool per callback (a budget check, when one applies, does its one
+    #: database round trip in a helper thread).
+    run_inline = True
+
+    def __init__(
+        self,
+        feature: str | None = None,
+        user: Any = None,
+        team: Any = None,
+        session_id: str | None = None,
+        conversation_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+        enforce_budgets: bool = True,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        max_runs: int = 10_000,
+    ) -> None:
+        self.feature = feature
+        self.user = user
+        self.team = team
+        self.session_id = session_id
+        self.conversation_id = conversation_id
+        self.metadata = dict(metadata or {})
+        self.tags = list(tags or ())
+        self.enforce_budgets = enforce_budgets
+        if api_key or base_url:
+            remote_settings(api_key, base_url)  # fail now, not at the first event
+        self._api_key = api_key
+        self._base_url = base_url
+        self._bound: TrackingContext | None = None
+        self._sink: Sink | None = None
+        self._runs: RunMap[LLMRun] = RunMap(max_runs, "LLM")
+        self._chains: RunMap[str] = RunMap(max_runs, "chain")
+
+    # -- which callbacks we want -------------------------------------------------------
+
+    @property
+    def ignore_agent(self) -> bool:  # tools and agent actions
+        return True
+
+    @property
+    def ignore_retriever(self) -> bool:
+        return True
+
+    @property
+    def ignore_retry(self) -> bool:
+        return True
+
+    @property
+    def ignore_custom_event(self) -> bool:
+        return True
+
+    # -- chains: only their names, for ``step`` ----------------------------------------
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            name = kwargs.get("name") or _serialized_name(serialized)
+            if name:
+                self._chains.put(run_id, str(name))
+        except Exception:
+            logger.debug("FluxGate: could not read a chain's name", exc_info=True)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._chains.pop(run_id)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._chains.pop(run_id)
+
+    # -- LLM runs ----------------------------------------------------------------------
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._start(serialized, messages, run_id, parent_run_id, tags, metadata, kwargs, chat=True)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._start(serialized, prompts, run_id, parent_run_id, tags, metadata, kwargs, chat=False)
+
+    def on_llm_new_token(self, token: str, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self._runs.get(run_id)
+        if run is not None and run.first_token_at is None:
+            run.first_token_at = time.perf_counter()
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self._runs.pop(run_id)
+        if run is not None:
+            self._finish(run, response, None)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self._runs.pop(run_id)
+        if run is not None:
+            self._finish(run, kwargs.get("response"), error)
+
+    # -- internals ---------------------------------------------------------------------
+
+    @property
+    def runs_in_flight(self) -> int:
+        """LLM runs started and not yet ended (for tests and monitoring)."""
+        return len(self._runs)
+
+    def _get_sink(self) -> Sink:
+        sink = self._sink
+        if sink is None:
+            sink = select_sink(self._api_key, self._base_url)
+            if sink.final:
+                self._sink = sink
+        return sink
+
+    def _start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: Any,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+        *,
+        chat: bool,
+    ) -> None:
+        try:
+            sink = self._get_sink()
+        except Exception:
+            logger.exception("FluxGate internal error while starting a LangChain run")
+            return
+        run: LLMRun | None = None
+        params: dict[str, Any] = {}
+        with sink.guard("starting a LangChain run"):
+            md = metadata or {}
+            params = kwargs.get("invocation_params") or {}
+            provider = provider_name(md.get("ls_provider"))
+            requested = str(
+                md.get("ls_model_name") or params.get("model") or params.get("model_name") or ""
+            )
+            operation = _CHAT_OPERATION.get(provider, "chat") if chat else "completion"
+            ctx = self._context(md, tags, parent_run_id)
+            run = LLMRun(run_id, parent_run_id, ctx, provider, requested, operation)
+            if sink.store_content:
+                run.prompt = _prompt_content(prompts, chat)
+            self._runs.put(run_id, run)
+        if run is None:
+            return
+        if self.enforce_budgets and sink.enforces_budgets:
+            try:
+                sink.reserve(run, prompts if chat else [prompts], params)
+            except BaseException:
+                self._runs.pop(run_id)  # LangChain reports no end for a run that never began
+                raise
+            run.started = time.perf_counter()  # latency is the model's, not the reservation's
+
+    def _context(
+        self, md: Mapping[str, Any], tags: list[str] | None, parent_run_id: UUID | None
+    ) -> TrackingContext:
+        from fluxgate_django.context import EMPTY_CONTEXT, current_context
+
+        bound = self._bound
+        if bound is None:
+            bound = self._bound = EMPTY_CONTEXT.merge(
+                feature=self.feature,
+                user=self.user,
+                team=self.team,
+                session_id=self.session_id,
+                conversation_id=self.conversation_id,
+                metadata=self.metadata or None,
+                tags=self.tags or None,
+            )
+        ctx = current_context().overlay(bound)
+        fields: dict[str, Any] = {}
+        for key, field in METADATA_KEYS.items():
+            value = md.get(key)
+            if value is not None:
+                fields[field] = value
+        if "step" not in fields:
+            step = md.get("langgraph_node") or self._chains.get(parent_run_id)
+            if step:
+                fields["step"] = str(step)
+        if tags:
+            own = [t for t in tags if not t.startswith(_INTERNAL_TAG_PREFIXES)]
+            if own:
+                fields["tags"] = own
+        extra = md.get("fluxgate_metadata")
+        if isinstance(extra, Mapping):
+            fields["metadata"] = extra
+        return ctx.merge(**fields) if fields else ctx
+
+    def _finish(self, run: LLMRun, response: Any, error: BaseException | None) -> None:
+        try:
+            sink = self._get_sink()
+        except Exception:
+            logger.exception("FluxGate internal error while recording a LangChain run")
+            return
+        with sink.guard("recording a LangChain run"):
+            try:
+                info, usage, fields = self._outcome(run, response, error, sink)
+            except BaseException:
+                if run.guard is not None and not run.guard.released:
+                    from .sinks import run_off_event_loop
+
+                    run_off_event_loop(run.guard.release)
+                raise
+            sink.record(run, info, usage, **fields)
+
+    def _outcome(
+        self, run: LLMRun, response: Any, error: BaseException | None, sink: Sink
+    ) -> tuple[CallInfo, Usage | None, dict[str, Any]]:
+        from fluxgate_django.records import CallInfo
+
+        now = time.perf_counter()
+        info = CallInfo(
+            provider=run.provider,
+            operation=run.operation,
+            requested_model=run.requested_model,
+            streamed=run.first_token_at is not None,
+        )
+        extra: dict[str, Any] = {}
+        fields: dict[str, Any] = {"latency_ms": (now - run.started) * 1000}
+        if run.first_token_at is not None:
+            fields["time_to_first_token_ms"] = (run.first_token_at - run.started) * 1000
+            fields["stream_duration_ms"] = (now - run.first_token_at) * 1000
+        usage = None
+        if error is None:
+            usage = read_llm_result(response, info)
+            if usage is None:
+                info.usage_reported = False
+                _warn_usage_missing(info)
+        elif isinstance(error, GeneratorExit):
+            # The caller stopped reading a stream: recorded once, as the SDK clients do.
+            extra["stream_completed"] = False
+            usage = read_llm_result(response, info) if _has_usage(response) else None
+            if usage is None or not info.finish_reason:
+                # Stopped before the provider's final usage: a partial count must not pass
+                # for the call's cost.
+                info.usage_reported = False
+                info.usage_missing_reason = "stream-incomplete"
+        else:
+            if _has_usage(response):
+                usage = read_llm_result(response, info)
+            info.status = status_for_error(info.provider, error)
+            fields["error"] = error
+            fields["error_type"] = _error_type(error)
+        if usage is not None and usage.input_tokens == 0 and usage.output_tokens > 0:
+            # langchain#35509: a streamed ChatAnthropic builds usage from message_delta only;
+            # when that carries no input count, input comes out 0. Don't under-charge.
+            info.usage_reported = False
+            info.usage_missing_reason = "usage-incomplete"
+            extra["usage_incomplete"] = "input_tokens"
+            _warn_input_missing(info)
+        if extra:
+            fields["extra_metadata"] = extra
+        if sink.store_content and run.prompt is not None:
+            generation = first_generation(response)
+            fields["content"] = {
+                "request": run.prompt,
+                "response": getattr(generation, "text", None),
+            }
+        return info, usage, fields
+
+
+def _serialized_name(serialized: Mapping[str, Any] | None) -> str:
+    if not serialized:
+        return ""
+    name = serialized.get("name")
+    if name:
+        return str(name)
+    ids = serialized.get("id")
+    return str(ids[-1]) if isinstance(ids, list) and ids else ""
+
+
+def _error_type(error: BaseException) -> str:
+    """The SDK's own error class name, as the tracked clients record it: LangChain re-raises
+    SDK errors as subclasses (``OpenAIAPIError(openai.InternalServerError)``)."""
+    cause = error.__cause__
+    if cause is not None and isinstance(error, type(cause)):
+        return type(cause).__name__
+    return type(error).__name__
+
+
+def _has_usage(response: Any) -> bool:
+    message = getattr(first_generation(response), "message", None)
+    return bool(getattr(message, "usage_metadata", None))
+
+
+def _prompt_content(prompts: Any, chat: bool) -> Any:
+    if not chat:
+        return list(prompts)
+    return [[{"role": m.type, "content": m.content} for m in batch] for batch in prompts]
+
+
+_warned: set[str] = set()
+
+
+def _warn_usage_missing(info: CallInfo) -> None:
+    key = f"usage:{info.provider}"
+    if key in _warned:
+        return
+    _warned.add(key)
+    if info.provider == "openai" and info.streamed:
+        fix = "Create the model with ChatOpenAI(..., stream_usage=True) to have streams priced."
+    else:
+        fix = "Use a chat model integration that reports usage_metadata."
+    logger.warning(
+        "FluxGate: a %s%s call through LangChain reported no token usage, so its event has "
+        "cost=None (cost_source='usage-missing'). %s",
+        "streamed " if info.streamed else "",
+        info.provider or "chat model",
+        fix,
+    )
+
+
+def _warn_input_missing(info: CallInfo) -> None:
+    key = f"input:{info.provider}"
+    if key in _warned:
+        return
+    _warned.add(key)
+    logger.warning(
+        "FluxGate: a %s%s call through LangChain reported 0 input tokens with output tokens "
+        "(LangChain builds streamed Anthropic usage from message_delta only, langchain#35509), "
+        "so its cost is recorded as incomplete (cost=None, cost_source='usage-incomplete') "
+        "rather than under-charged. Call the model without streaming, or use a "
+        "langchain-anthropic version that reads input counts from message_start.",
+        "streamed " if info.streamed else "",
+        info.provider or "chat model",
+    )

@@ -1,0 +1,211 @@
+"""What a LangChain chat model reports about a call, in FluxGate's terms.
+
+LangChain normalises usage into ``message.usage_metadata`` with ``input_tokens`` *including*
+cache reads and writes for every provider (LangChain adds Anthropic's separately reported
+cache counts in), which is FluxGate's own convention, so only the cache and reasoning
+subsets need picking out here. The served model, finish reason and service tier come from
+``response_metadata`` / ``generation_info`` / ``llm_output``.
+
+FluxGate's modules are imported inside functions: ``import fluxgate_langchain`` must not
+import Django or the Django app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fluxgate_django.records import CallInfo, Status, Usage
+
+#: LangChain ``ls_provider`` / ``model_provider`` values → FluxGate provider names.
+_PROVIDER_NAMES = {"google_genai": "gemini", "google": "gemini"}
+
+#: Anthropic's per-TTL cache-write counts; LangChain zeroes its generic ``cache_creation``
+#: when it reports these, so a write is never counted twice.
+_WRITE_5M = "ephemeral_5m_input_tokens"
+_WRITE_1H = "ephemeral_1h_input_tokens"
+
+#: Gemini finish reasons (no tracked Gemini client to share them with yet).
+_GEMINI_FINISH = {
+    "MAX_TOKENS": "MAX_TOKENS",
+    "SAFETY": "CONTENT_FILTER",
+    "BLOCKLIST": "CONTENT_FILTER",
+    "PROHIBITED_CONTENT": "CONTENT_FILTER",
+    "SPII": "CONTENT_FILTER",
+    "RECITATION": "RECITATION",
+}
+
+
+def provider_name(value: Any) -> str:
+    name = str(value or "").lower()
+    return _PROVIDER_NAMES.get(name, name)
+
+
+def usage_from_metadata(usage_metadata: Mapping[str, Any] | None) -> Usage | None:
+    """FluxGate ``Usage`` from a LangChain ``UsageMetadata`` dict (None: nothing reported).
+
+    Service-tier prefixed keys (``flex_cache_read``, ``priority_reasoning``) count too.
+    """
+    if not usage_metadata:
+        return None
+    from fluxgate_django.records import Usage
+
+    details = usage_metadata.get("input_token_details") or {}
+    out_details = usage_metadata.get("output_token_details") or {}
+    writes_1h = _int(details.get(_WRITE_1H))
+    by_ttl = _int(details.get(_WRITE_5M)) + writes_1h
+    return Usage(
+        input_tokens=_int(usage_metadata.get("input_tokens")),
+        output_tokens=_int(usage_metadata.get("output_tokens")),
+        reasoning_tokens=_sum_keys(out_details, "reasoning"),
+        cache_read_tokens=_sum_keys(details, "cache_read"),
+        cache_write_tokens=max(_sum_keys(details, "cache_creation"), by_ttl),
+        cache_write_1h_tokens=writes_1h,
+    )
+
+
+def usage_from_llm_output(llm_output: Mapping[str, Any]) -> Usage | None:
+    """Usage from ``llm_output`` for models that set no ``usage_metadata`` (plain LLMs):
+    OpenAI-style ``token_usage`` or a raw Anthropic ``usage``."""
+    from fluxgate_django.records import Usage
+
+    token_usage = llm_output.get("token_usage") or llm_output.get("usage")
+    if not isinstance(token_usage, Mapping):
+        return None
+    if "prompt_tokens" in token_usage:  # OpenAI: prompt_tokens include cached tokens
+        prompt_details = token_usage.get("prompt_tokens_details") or {}
+        completion_details = token_usage.get("completion_tokens_details") or {}
+        return Usage(
+            input_tokens=_int(token_usage.get("prompt_tokens")),
+            output_tokens=_int(token_usage.get("completion_tokens")),
+            reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+            cache_read_tokens=_int(prompt_details.get("cached_tokens")),
+            cache_write_tokens=_int(prompt_details.get("cache_write_tokens")),
+        )
+    if "input_tokens" in token_usage:  # Anthropic: input_tokens exclude cache tokens
+        write = _int(token_usage.get("cache_creation_input_tokens"))
+        read = _int(token_usage.get("cache_read_input_tokens"))
+        breakdown = token_usage.get("cache_creation") or {}
+        return Usage(
+            input_tokens=_int(token_usage.get("input_tokens")) + write + read,
+            output_tokens=_int(token_usage.get("output_tokens")),
+            cache_read_tokens=read,
+            cache_write_tokens=write,
+            cache_write_1h_tokens=_int(breakdown.get(_WRITE_1H)) if breakdown else 0,
+        )
+    return None
+
+
+def read_llm_result(response: Any, info: CallInfo) -> Usage | None:
+    """Fill ``info`` (served model, finish reason, status, service tier) from a LangChain
+    ``LLMResult`` and return its usage (None when the model reported none).
+
+    With ``n > 1`` every generation carries the whole call's usage: only the first is read.
+    """
+    generation = first_generation(response)
+    message = getattr(generation, "message", None)
+    meta = _mapping(getattr(message, "response_metadata", None))
+    gen_info = _mapping(getattr(generation, "generation_info", None))
+    llm_output = _mapping(getattr(response, "llm_output", None))
+    raw_usage = _mapping(meta.get("usage")) or _mapping(llm_output.get("usage"))
+
+    info.model = (
+        _text(meta.get("model_name"), meta.get("model"), gen_info.get("model_name"))
+        or _text(llm_output.get("model_name"), llm_output.get("model"))
+        or info.requested_model
+    )
+    if not info.provider:
+        info.provider = provider_name(
+            meta.get("model_provider") or llm_output.get("model_provider")
+        )
+    info.service_tier = _text(
+        meta.get("service_tier"),
+        gen_info.get("service_tier"),
+        llm_output.get("service_tier"),
+        raw_usage.get("service_tier"),
+    )
+    reason = _text(
+        meta.get("finish_reason"),
+        meta.get("stop_reason"),
+        gen_info.get("finish_reason"),
+        llm_output.get("stop_reason"),
+    )
+    if reason:
+        info.finish_reason = reason
+        info.status = finish_status(info.provider, reason)
+    if (getattr(message, "additional_kwargs", None) or {}).get("refusal"):
+        info.status = _status("CONTENT_FILTER")
+    usage = usage_from_metadata(getattr(message, "usage_metadata", None))
+    if usage is None and llm_output:
+        usage = usage_from_llm_output(llm_output)
+    return usage
+
+
+def first_generation(response: Any) -> Any:
+    generations = getattr(response, "generations", None)
+    if generations and generations[0]:
+        return generations[0][0]
+    return None
+
+
+def finish_status(provider: str, reason: str) -> Status:
+    """The status of a call that finished with ``reason``, with the same mapping as the
+    tracked SDK clients (OpenAI ``length`` / Anthropic ``max_tokens`` → ``MAX_TOKENS``...)."""
+    from fluxgate_django.records import Status
+    from fluxgate_django.tracking.anthropic import _STOP_STATUS
+    from fluxgate_django.tracking.openai import _FINISH_STATUS
+
+    if provider == "openai":
+        return _FINISH_STATUS.get(reason, Status.SUCCESS)
+    if provider == "anthropic":
+        return _STOP_STATUS.get(reason, Status.SUCCESS)
+    status = _FINISH_STATUS.get(reason) or _STOP_STATUS.get(reason)
+    if status is None and reason in _GEMINI_FINISH:
+        status = Status(_GEMINI_FINISH[reason])
+    return status or Status.SUCCESS
+
+
+def status_for_error(provider: str, error: BaseException) -> Status:
+    """The status of a call that raised ``error`` (the tracked clients' own mapping)."""
+    from fluxgate_django.records import Status
+
+    if not isinstance(error, Exception):  # KeyboardInterrupt, CancelledError...
+        return Status.ERROR
+    if provider == "openai":
+        from fluxgate_django.tracking.openai import OpenAIAdapter
+
+        return OpenAIAdapter().status_for_error(error)
+    if provider == "anthropic":
+        from fluxgate_django.tracking.anthropic import AnthropicAdapter
+
+        return AnthropicAdapter().status_for_error(error)
+    if getattr(error, "status_code", None) == 400:
+        return Status.MALFORMED_REQUEST
+    return Status.ERROR
+
+
+def _status(name: str) -> Status:
+    from fluxgate_django.records import Status
+
+    return Status(name)
+
+
+def _sum_keys(details: Mapping[str, Any], kind: str) -> int:
+    suffix = "_" + kind
+    return sum(_int(v) for k, v in details.items() if k == kind or k.endswith(suffix))
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _text(*values: Any) -> str:
+    for value in values:
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
