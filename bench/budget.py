@@ -40,7 +40,10 @@ def configure(database_url: str) -> None:
         db = {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": database_url.removeprefix("sqlite:///"),
-            "OPTIONS": {"timeout": 30, "init_command": "PRAGMA journal_mode=WAL"},
+            "OPTIONS": {
+                "timeout": 30,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+            },
         }
     settings.configure(
         INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "fluxgate_django"],
@@ -49,6 +52,33 @@ def configure(database_url: str) -> None:
         FLUXGATE={"RECORDER": "sync", "RUNAWAY_DETECTION": {"enabled": False}},
     )
     django.setup()
+
+
+def measure_threads(pair, threads: int, seconds: float, connection) -> tuple[list[float], float]:
+    """Run ``pair`` in ``threads`` threads for ``seconds``: (durations, elapsed)."""
+    durations: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def worker() -> None:
+        mine = []
+        try:
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                pair()
+                mine.append(time.perf_counter() - t0)
+        finally:
+            connection.close()
+        with lock:
+            durations.extend(mine)
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return durations, time.perf_counter() - started
 
 
 def run_backend(database_url: str, seconds: float) -> dict:
@@ -83,32 +113,10 @@ def run_backend(database_url: str, seconds: float) -> dict:
 
     results = {"queries": [len(reserve_q), len(settle_q)], "threads": {}}
     for threads in (1, 8, 32):
-        durations: list[float] = []
-        lock = threading.Lock()
-        stop = time.perf_counter() + seconds
-
-        def worker() -> None:
-            mine = []
-            try:
-                while time.perf_counter() < stop:
-                    t0 = time.perf_counter()
-                    pair()
-                    mine.append(time.perf_counter() - t0)
-            finally:
-                connection.close()
-            with lock:
-                durations.extend(mine)
-
-        started = time.perf_counter()
-        pool = [threading.Thread(target=worker) for _ in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-        elapsed = time.perf_counter() - started
+        durations = measure_threads(pair, threads, seconds, connection)
         results["threads"][threads] = {
-            "median_ms": statistics.median(durations) * 1000,
-            "per_second": len(durations) / elapsed,
+            "median_ms": statistics.median(durations[0]) * 1000,
+            "per_second": len(durations[0]) / durations[1],
         }
     counter = SpendCounter.objects.get(budget__team=team)
     results["reserved_left"] = counter.reserved_units
@@ -129,8 +137,12 @@ def main() -> None:
         return
 
     sqlite_path = os.path.join(tempfile.mkdtemp(prefix="fluxgate-bench-"), "budget.sqlite3")
-    backends = [("PostgreSQL", args.postgres), ("SQLite (WAL)", f"sqlite:///{sqlite_path}")]
-    print(f"reserve + settle pairs, {args.seconds:g} s per thread count, Python {sys.version.split()[0]}")
+    backends = [
+        ("PostgreSQL", args.postgres),
+        ("SQLite (WAL, synchronous=NORMAL)", f"sqlite:///{sqlite_path}"),
+    ]
+    python = sys.version.split()[0]
+    print(f"reserve + settle pairs, {args.seconds:g} s per thread count, Python {python}")
     for name, url in backends:
         proc = subprocess.run(
             [sys.executable, __file__, "--child", url, "--seconds", str(args.seconds)],
@@ -139,14 +151,14 @@ def main() -> None:
         )
         if proc.returncode != 0:
             reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
-            print(f"{name:<13} skipped: {reason}")
+            print(f"{name:<34} skipped: {reason}")
             continue
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         reserve_q, settle_q = res["queries"]
-        print(f"{name:<13} SQL statements: reserve {reserve_q}, settle {settle_q}")
+        print(f"{name:<34} SQL statements: reserve {reserve_q}, settle {settle_q}")
         for threads, r in res["threads"].items():
             print(
-                f"{'':<13} {threads:>2} threads: median {r['median_ms']:6.3f} ms per pair, "
+                f"{'':<34} {threads:>2} threads: median {r['median_ms']:6.3f} ms per pair, "
                 f"{r['per_second']:8.0f} pairs/s"
             )
         if res["reserved_left"]:

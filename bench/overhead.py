@@ -4,9 +4,9 @@
 
 The fake provider runs in its own process (as a real provider would be elsewhere), the
 raw and the tracked client make the same chat completions against it, interleaved call
-by call (alternating which goes first) so that drift hits both alike, and it prints the median (and p95) time
-per call of each, the ratio and the time added per call. Events go to a throwaway
-SQLite database through the chosen recorder (default: the default, ``thread``); the
+by call (alternating which goes first) so that drift hits both alike, and it prints the
+median (and p95) time per call of each, the ratio and the time added per call. Events go
+to a throwaway SQLite database through the chosen recorder (default: the default, ``thread``); the
 script checks afterwards that every tracked call was stored.
 """
 
@@ -115,7 +115,10 @@ def main() -> None:
         oa = dict(api_key="sk-bench", base_url=f"{url}/v1", max_retries=0)
         raw_openai, tracked_openai = openai.OpenAI(**oa), track_openai(openai.OpenAI(**oa))
         an = dict(api_key="sk-ant-bench", base_url=url, max_retries=0)
-        raw_anth, tracked_anth = anthropic.Anthropic(**an), track_anthropic(anthropic.Anthropic(**an))
+        raw_anth, tracked_anth = (
+            anthropic.Anthropic(**an),
+            track_anthropic(anthropic.Anthropic(**an)),
+        )
         msgs = [{"role": "user", "content": "Summarise this paragraph in one sentence."}]
 
         print(

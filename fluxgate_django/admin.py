@@ -14,7 +14,16 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from .models import ApiKey, Budget, Event, ModelPrice, Team, TeamMembership
+from .models import (
+    ApiKey,
+    Budget,
+    BudgetAlert,
+    Event,
+    ModelPrice,
+    SpendAnomaly,
+    Team,
+    TeamMembership,
+)
 
 # -- events -------------------------------------------------------------------------------
 
@@ -177,12 +186,53 @@ class TeamMembershipInline(admin.TabularInline):
     raw_id_fields = ("user",)
 
 
+class BudgetStateMixin:
+    """Spent / reserved / limit / % of a budget's current window, for list and inline."""
+
+    @admin.display(description="spent this window")
+    def spent_now(self, obj: Budget) -> str:
+        counter = obj.current_counter() if obj.pk else None
+        return f"${counter.spent:.4f}" if counter else "$0"
+
+    @admin.display(description="in flight")
+    def reserved_now(self, obj: Budget) -> str:
+        counter = obj.current_counter() if obj.pk else None
+        return f"${counter.reserved:.4f}" if counter else "$0"
+
+    @admin.display(description="used")
+    def percent_now(self, obj: Budget) -> str:
+        counter = obj.current_counter() if obj.pk else None
+        percent = counter.percent_used if counter else Decimal(0)
+        colour = "#ba2121" if percent >= 100 else "#c77c00" if percent >= 80 else "inherit"
+        return format_html('<strong style="color:{}">{}%</strong>', colour, percent)
+
+
+class BudgetInline(BudgetStateMixin, admin.TabularInline):
+    model = Budget
+    extra = 0
+    fields = (
+        "feature",
+        "period",
+        "limit_usd",
+        "alert_threshold_percent",
+        "action",
+        "webhook_url",
+        "spent_now",
+        "reserved_now",
+        "percent_now",
+    )
+    readonly_fields = ("spent_now", "reserved_now", "percent_now")
+    formfield_overrides = {
+        models.URLField: {"assume_scheme": "https"} if django.VERSION >= (5, 0) else {}
+    }
+
+
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
     list_display = ("name", "slug", "member_count", "created_at")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
-    inlines = (TeamMembershipInline,)
+    inlines = (TeamMembershipInline, BudgetInline)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Team]:
         return super().get_queryset(request).annotate(_member_count=Count("memberships"))
@@ -293,15 +343,17 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
+class BudgetAdmin(BudgetStateMixin, admin.ModelAdmin):
     list_display = (
         "team",
         "feature",
         "period",
         "limit_usd",
+        "spent_now",
+        "reserved_now",
+        "percent_now",
         "alert_threshold_percent",
         "action",
-        "created_at",
     )
     list_filter = ("period", "action", "team")
     search_fields = ("team__name", "team__slug", "feature")
@@ -311,3 +363,46 @@ class BudgetAdmin(admin.ModelAdmin):
     formfield_overrides = {
         models.URLField: {"assume_scheme": "https"} if django.VERSION >= (5, 0) else {}
     }
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows FluxGate writes itself: listed for people, never edited by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(ReadOnlyAdmin):
+    list_display = (
+        "created_at",
+        "budget",
+        "window_start",
+        "threshold_percent",
+        "kind",
+        "spent_usd",
+        "limit_usd",
+        "notified_at",
+    )
+    list_filter = ("kind", "threshold_percent", "budget__team")
+    list_select_related = ("budget__team",)
+    date_hierarchy = "created_at"
+
+
+@admin.register(SpendAnomaly)
+class SpendAnomalyAdmin(ReadOnlyAdmin):
+    list_display = (
+        "created_at",
+        "team",
+        "feature",
+        "window_minutes",
+        "recent_usd",
+        "baseline_usd",
+        "blocked_until",
+    )
+    list_filter = ("team",)
+    list_select_related = ("team",)
+    date_hierarchy = "created_at"

@@ -7,8 +7,11 @@ class FluxGateConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
-        from . import budgets, pricing
+        from . import (
+            budgets,
+            checks,  # noqa: F401  (registers the system checks)
+            pricing,
+        )
 
         pricing.connect_signals()
         budgets.connect_signals()

@@ -514,8 +514,10 @@ def settlement_for(records: Iterable[Any]) -> dict[int, tuple[int, int]]:
         if record.cost_usd is not None:
             spent = to_units(record.cost_usd)
         elif record.cost_source in _CHARGE_ESTIMATE and record.status != Status.ERROR.value:
+            from .models import from_units
+
             spent = estimate
-            record.metadata = {**record.metadata, "budget_charged_estimate": True}
+            record.metadata = {**record.metadata, "budget_charged_usd": str(from_units(estimate))}
         else:
             spent = 0
         for counter in reservation["counters"]:
@@ -523,6 +525,60 @@ def settlement_for(records: Iterable[Any]) -> dict[int, tuple[int, int]]:
             totals[0] += estimate
             totals[1] += spent
     return {c: (freed, spent) for c, (freed, spent) in changes.items()}
+
+
+def window_bounds(period: str, start: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """The window as aware datetimes in the site's time zone."""
+    tz = timezone.get_current_timezone()
+    end = window_end(period, start)
+    return (
+        timezone.make_aware(dt.datetime.combine(start, dt.time.min), tz),
+        timezone.make_aware(dt.datetime.combine(end, dt.time.min), tz),
+    )
+
+
+def reconcile(budget: Any, *, release_reservations: bool = False) -> Any:
+    """Recompute a budget's current-window spend from its events.
+
+    For after a database crash lost the last counter updates (see _without_commit_wait),
+    or to free reservations left by processes killed mid-call (only when no call is in
+    flight). Returns the counter.
+    """
+    from django.db.models import Sum
+
+    from .models import Event, SpendCounter, to_units
+
+    start = window_start(budget.period)
+    lower, upper = window_bounds(budget.period, start)
+    events = Event.objects.filter(
+        team_id=budget.team_id, created_at__gte=lower, created_at__lt=upper
+    )
+    if budget.feature:
+        events = events.filter(feature=budget.feature)
+    priced = events.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
+    estimated = sum(
+        (
+            Decimal(m["budget_charged_usd"])
+            for m in events.filter(cost_usd__isnull=True).values_list("metadata", flat=True)
+            if isinstance(m, dict) and "budget_charged_usd" in m
+        ),
+        Decimal(0),
+    )
+    counter, _ = SpendCounter.objects.get_or_create(
+        budget=budget,
+        window_start=start,
+        defaults={
+            "limit_units": to_units(budget.limit_usd),
+            "blocking": budget.action == "block",
+        },
+    )
+    counter.spent_units = to_units(priced + estimated)
+    fields = ["spent_units"]
+    if release_reservations:
+        counter.reserved_units = 0
+        fields.append("reserved_units")
+    counter.save(update_fields=fields)
+    return counter
 
 
 def connect_signals() -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+import functools
+import inspect
+from collections.abc import Mapping
 from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
@@ -90,21 +92,45 @@ def current_context() -> TrackingContext:
     return _current.get()
 
 
-@contextlib.contextmanager
-def tracking_context(**fields: Any) -> Iterator[TrackingContext]:
+class tracking_context(contextlib.ContextDecorator):
     """Attribute the LLM calls made inside the block.
 
-    Usable as a context manager or a decorator::
+    Usable as a context manager, or as a decorator of sync and async functions::
 
         with tracking_context(feature="summarize", user={"id": "u1"}):
             client.chat.completions.create(...)
+
+        @tracking_context(feature="report")
+        async def build_report(): ...
     """
-    ctx = _current.get().merge(**fields)
-    token = _current.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _current.reset(token)
+
+    def __init__(self, **fields: Any) -> None:
+        EMPTY_CONTEXT.merge(**fields)  # unknown field names fail here, not at first use
+        self.fields = fields
+        self._tokens: list[Any] = []
+
+    def __enter__(self) -> TrackingContext:
+        ctx = _current.get().merge(**self.fields)
+        self._tokens.append(_current.set(ctx))
+        return ctx
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._tokens.pop())
+
+    def _recreate_cm(self) -> tracking_context:
+        # A fresh instance per decorated call: calls may run concurrently.
+        return tracking_context(**self.fields)
+
+    def __call__(self, func: Any) -> Any:
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def inner(*args: Any, **kwargs: Any) -> Any:
+                with self._recreate_cm():
+                    return await func(*args, **kwargs)
+
+            return inner
+        return super().__call__(func)
 
 
 def set_context(ctx: TrackingContext) -> Any:

@@ -163,6 +163,12 @@ class Budget(models.Model):
         scope = f"{self.team} / {self.feature}" if self.feature else str(self.team)
         return f"{scope}: ${self.limit_usd} per {self.period}"
 
+    def current_counter(self) -> SpendCounter | None:
+        """The spend counter of the window in force now (None before the first call)."""
+        from .budgets import window_start
+
+        return self.counters.filter(window_start=window_start(self.period)).first()
+
 
 class ModelPrice(models.Model):
     """A negotiated or self-hosted price that overrides genai-prices for one model.

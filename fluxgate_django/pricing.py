@@ -247,6 +247,11 @@ class PriceBook:
     def drop_override(self, provider: str, model: str) -> None:
         self._overrides.pop((provider, model), None)
 
+    def reset_overrides(self) -> None:
+        """Forget ModelPrice overrides; they are read again on the next lookup."""
+        self._overrides = {}
+        self._overrides_loaded_at = None
+
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
 

@@ -60,3 +60,13 @@ def _clear_cache():
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_price_overrides():
+    """A ModelPrice saved in a rolled-back test must not price the next test's calls."""
+    from fluxgate_django.pricing import price_book
+
+    price_book.reset_overrides()
+    yield
+    price_book.reset_overrides()

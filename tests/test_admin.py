@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from fluxgate_django import track_openai
+from fluxgate_django.budgets import window_start
 from fluxgate_django.models import (
     ApiKey,
     Budget,
@@ -238,15 +239,78 @@ def test_team_with_membership_inline(admin_client: Client) -> None:
             "memberships-MAX_NUM_FORMS": "1000",
             "memberships-0-user": str(member.pk),
             "memberships-0-role": "admin",
+            "budgets-TOTAL_FORMS": "1",
+            "budgets-INITIAL_FORMS": "0",
+            "budgets-MIN_NUM_FORMS": "0",
+            "budgets-MAX_NUM_FORMS": "1000",
+            "budgets-0-feature": "",
+            "budgets-0-period": "day",
+            "budgets-0-limit_usd": "2.50",
+            "budgets-0-alert_threshold_percent": "80",
+            "budgets-0-action": "block",
+            "budgets-0-webhook_url": "",
         },
     )
     assert response.status_code == 302, response.context["adminform"].form.errors
     team = Team.objects.get(slug="research")
     membership = TeamMembership.objects.get(team=team)
     assert (membership.user, membership.role) == (member, "admin")
+    budget = Budget.objects.get(team=team)
+    assert (budget.period, budget.limit_usd) == ("day", Decimal("2.50"))
     response = admin_client.get(url("team_changelist"))
     assert listed(response)[0].pk == team.pk
-    assert admin_client.get(url("team_change", team.pk)).status_code == 200
+    page = admin_client.get(url("team_change", team.pk))
+    assert page.status_code == 200
+    assert "spent this window" in page.content.decode().lower()
+
+
+def test_budget_state_alerts_and_bad_input_in_admin(admin_client: Client) -> None:
+    from fluxgate_django.models import BudgetAlert, SpendCounter
+
+    team = Team.objects.create(name="Ops", slug="ops")
+    budget = Budget.objects.create(team=team, period="month", limit_usd=Decimal("10"))
+    counter = budget.counters.create(
+        window_start=window_start("month"),
+        limit_units=100_000_000_000,
+        blocking=True,
+        spent_units=85_000_000_000,
+        reserved_units=1_000_000_000,
+    )
+    assert isinstance(counter, SpendCounter)
+    BudgetAlert.objects.create(
+        budget=budget,
+        window_start=counter.window_start,
+        threshold_percent=80,
+        spent_usd=Decimal("8.5"),
+        limit_usd=Decimal("10"),
+    )
+    page = admin_client.get(url("budget_changelist")).content.decode()
+    assert "$8.5000" in page and "$0.1000" in page and "85.0%" in page
+    alerts = admin_client.get(url("budgetalert_changelist"))
+    assert alerts.status_code == 200 and "80" in alerts.content.decode()
+    assert admin_client.get(url("budgetalert_add")).status_code == 403
+    for field, value, message in [
+        ("limit_usd", "-1", "greater than or equal to"),
+        ("limit_usd", "0", "greater than or equal to"),
+        ("alert_threshold_percent", "101", "less than or equal to 100"),
+        ("alert_threshold_percent", "0", "greater than or equal to 1"),
+        ("period", "week", "not one of the available choices"),
+    ]:
+        data = {
+            "team": str(team.pk),
+            "feature": "",
+            "period": "day",
+            "limit_usd": "5",
+            "alert_threshold_percent": "80",
+            "action": "block",
+            "webhook_url": "",
+            field: value,
+        }
+        response = admin_client.post(url("budget_add"), data)
+        assert response.status_code == 200, field
+        errors = response.context["adminform"].form.errors
+        assert message in " ".join(errors[field]), (field, errors)
+    assert Budget.objects.count() == 1
 
 
 @pytest.fixture

@@ -70,11 +70,10 @@ def test_runaway_loop_stops_at_the_budget_before_spending(client, fake, team):
     budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.02"))
     fake.default_reply = CALL
     calls = 0
-    with tracking_context(team="search", feature="agent"):
-        with pytest.raises(BudgetExceeded) as info:
-            for _ in range(100):  # a runaway agent loop
-                client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=100)
-                calls += 1
+    with tracking_context(team="search", feature="agent"), pytest.raises(BudgetExceeded) as info:
+        for _ in range(100):  # a runaway agent loop
+            client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=100)
+            calls += 1
     sent = fake.request_count
     assert sent == calls  # the blocked call never reached the provider
     assert 0 < calls < 10
@@ -158,7 +157,9 @@ def test_day_and_month_windows_roll_over_in_the_site_time_zone(client, fake, tea
         client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=100)
         at(dt.datetime(2026, 4, 1, 4, 30, tzinfo=utc))  # April: a new day and a new month
         client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=100)
-    windows = dict(SpendCounter.objects.filter(budget=day).values_list("window_start", "spent_units"))
+    windows = dict(
+        SpendCounter.objects.filter(budget=day).values_list("window_start", "spent_units")
+    )
     assert sorted(windows) == [dt.date(2026, 3, 30), dt.date(2026, 3, 31), dt.date(2026, 4, 1)]
     month_windows = SpendCounter.objects.filter(budget=month).order_by("window_start")
     assert [(c.window_start, c.spent) for c in month_windows] == [
@@ -175,9 +176,12 @@ def test_reservation_uses_max_tokens_or_the_default(client, fake, team):
     # Without max_tokens the default (1024) applies, which doesn't fit either.
     with tracking_context(team="search"), pytest.raises(BudgetExceeded):
         client.chat.completions.create(model="gpt-4o", messages=MSGS)
-    with override_settings(
-        FLUXGATE={"RECORDER": "sync", "RAISE_ERRORS": True, "BUDGET_DEFAULT_OUTPUT_TOKENS": 200}
-    ), tracking_context(team="search"):
+    with (
+        override_settings(
+            FLUXGATE={"RECORDER": "sync", "RAISE_ERRORS": True, "BUDGET_DEFAULT_OUTPUT_TOKENS": 200}
+        ),
+        tracking_context(team="search"),
+    ):
         client.chat.completions.create(model="gpt-4o", messages=MSGS)
     assert fake.request_count == 1
     assert spent(budget) > 0
@@ -206,14 +210,19 @@ def test_budget_store_down_blocks_by_default_and_allows_when_fail_open(
     with tracking_context(team="search"), pytest.raises(BudgetStoreUnavailable, match="FAIL_OPEN"):
         client.chat.completions.create(model="gpt-4o", messages=MSGS)
     assert fake.request_count == 0
-    with override_settings(
-        FLUXGATE={"RECORDER": "sync", "RAISE_ERRORS": True, "BUDGET_FAIL_OPEN": True}
-    ), tracking_context(team="search"):
+    with (
+        override_settings(
+            FLUXGATE={"RECORDER": "sync", "RAISE_ERRORS": True, "BUDGET_FAIL_OPEN": True}
+        ),
+        tracking_context(team="search"),
+    ):
         resp = client.chat.completions.create(model="gpt-4o", messages=MSGS)
     assert resp.fluxgate.status.value == "SUCCESS"
 
 
-def test_anthropic_and_async_clients_are_budgeted(anthropic_client, async_openai_client, fake, team):
+def test_anthropic_and_async_clients_are_budgeted(
+    anthropic_client, async_openai_client, fake, team
+):
     budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.006"))
     claude = track_anthropic(anthropic_client)
     fake.enqueue(FakeReply(input_tokens=100, output_tokens=100))  # $0.0003 + $0.0015
@@ -226,9 +235,7 @@ def test_anthropic_and_async_clients_are_budgeted(anthropic_client, async_openai
     async def loop():
         with tracking_context(team="search"):
             for _ in range(10):
-                await aclient.chat.completions.create(
-                    model="gpt-4o", messages=MSGS, max_tokens=100
-                )
+                await aclient.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=100)
 
     fake.default_reply = CALL
     with pytest.raises(BudgetExceeded):
@@ -324,9 +331,7 @@ def test_budget_command_prints_every_budget(client, fake, team, capsys):
     assert "search" in out and "chat" in out and "0.0035" in out and "17.5%" in out
 
 
-def test_unpriced_model_reserves_nothing_but_an_exhausted_budget_still_blocks(
-    client, fake, team
-):
+def test_unpriced_model_reserves_nothing_but_an_exhausted_budget_still_blocks(client, fake, team):
     budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.004"))
     fake.default_reply = CALL
     with tracking_context(team="search"):
@@ -335,3 +340,25 @@ def test_unpriced_model_reserves_nothing_but_an_exhausted_budget_still_blocks(
         with pytest.raises(BudgetExceeded):
             client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=100)
     assert spent(budget) == CALL_COST
+
+
+def test_reconcile_rebuilds_spend_from_events(client, fake, team, capsys):
+    budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("1"))
+    fake.default_reply = CALL
+    with tracking_context(team="search"):
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=100)
+        # A stream read without usage: the budget is charged the reservation's estimate.
+        stream = client.chat.completions.create(
+            model="gpt-4o", messages=MSGS, max_tokens=100, stream=True
+        )
+        list(stream)
+    counter = SpendCounter.objects.get(budget=budget)
+    charged = Decimal(Event.objects.get(cost_usd__isnull=True).metadata["budget_charged_usd"])
+    assert charged > 0 and counter.spent == 3 * CALL_COST + charged
+    # A crash lost counter updates, and a killed worker left a reservation behind.
+    SpendCounter.objects.filter(pk=counter.pk).update(spent_units=0, reserved_units=12345)
+    call_command("fluxgate_budgets", "--reconcile", "--release-reservations")
+    counter.refresh_from_db()
+    assert counter.spent == 3 * CALL_COST + charged and counter.reserved_units == 0
+    assert "Reconciled 1 budgets" in capsys.readouterr().out

@@ -133,3 +133,26 @@ def test_overlay_and_as_dict() -> None:
     }
     assert base.overlay(EMPTY_CONTEXT) is base
     assert EMPTY_CONTEXT.overlay(bound) is bound
+
+
+def test_tracking_context_decorates_async_functions() -> None:
+    import asyncio
+    import inspect
+
+    from fluxgate_django import current_context, tracking_context
+
+    @tracking_context(feature="report")
+    async def build(step: str) -> tuple[str | None, str | None]:
+        await asyncio.sleep(0)
+        with tracking_context(step=step):
+            await asyncio.sleep(0.001)
+            ctx = current_context()
+            return ctx.feature, ctx.step
+
+    assert inspect.iscoroutinefunction(build)  # Django still sees an async view
+
+    async def main():
+        return await asyncio.gather(build("a"), build("b"))
+
+    assert asyncio.run(main()) == [("report", "a"), ("report", "b")]
+    assert current_context().feature is None

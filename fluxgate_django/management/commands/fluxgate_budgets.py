@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from ...budgets import window_start
+from ...budgets import reconcile, window_start
 from ...models import Budget, SpendCounter, from_units
 
 
@@ -15,11 +15,27 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--team", help="Only this team (slug).")
+        parser.add_argument(
+            "--reconcile",
+            action="store_true",
+            help="Recompute each current window's spend from its events first (after a "
+            "database crash).",
+        )
+        parser.add_argument(
+            "--release-reservations",
+            action="store_true",
+            help="With --reconcile: also free all in-flight reservations (only when no "
+            "LLM call is running, e.g. after workers were killed mid-call).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         budgets = Budget.objects.select_related("team").order_by("team__name", "feature", "period")
         if options["team"]:
             budgets = budgets.filter(team__slug=options["team"])
+        if options["reconcile"]:
+            for budget in budgets:
+                reconcile(budget, release_reservations=options["release_reservations"])
+            self.stdout.write(f"Reconciled {len(budgets)} budgets from their events.")
         rows = []
         for budget in budgets:
             start = window_start(budget.period)

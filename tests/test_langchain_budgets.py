@@ -1,0 +1,207 @@
+"""FluxGateHandler in LangGraph graphs, and budgets stopping a runaway agent loop."""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from decimal import Decimal
+from typing import Annotated, TypedDict
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_openai import ChatOpenAI
+
+from fluxgate_django import BudgetExceeded
+from fluxgate_django import budgets as budgets_module
+from fluxgate_django.models import Budget, Event, SpendCounter, Team
+from fluxgate_django.testing import FakeReply
+from fluxgate_langchain import FluxGateHandler
+
+langgraph = pytest.importorskip("langgraph.graph")
+
+pytestmark = pytest.mark.django_db
+
+# gpt-4o: $2.50 / MTok in, $10 / MTok out. 1000 in + 100 out = $0.0035 a call.
+CALL = FakeReply(input_tokens=1000, output_tokens=100)
+CALL_COST = Decimal("0.0035")
+
+
+class AgentState(TypedDict):
+    messages: Annotated[list, operator.add]
+    turns: int
+
+
+def agent_graph(llm: ChatOpenAI, max_turns: int):
+    """An agent loop: the "agent" node calls the model, "tools" acts, until ``max_turns``."""
+
+    def agent(state: AgentState) -> dict:
+        reply = llm.invoke(state["messages"])
+        return {"messages": [reply], "turns": state["turns"] + 1}
+
+    async def aagent(state: AgentState) -> dict:
+        reply = await llm.ainvoke(state["messages"])
+        return {"messages": [reply], "turns": state["turns"] + 1}
+
+    def tools(state: AgentState) -> dict:
+        return {"messages": [HumanMessage(f"tool result {state['turns']}")]}
+
+    def route(state: AgentState) -> str:
+        return langgraph.END if state["turns"] >= max_turns else "tools"
+
+    graph = langgraph.StateGraph(AgentState)
+    graph.add_node("agent", _dual(agent, aagent))
+    graph.add_node("tools", tools)
+    graph.add_edge(langgraph.START, "agent")
+    graph.add_conditional_edges("agent", route)
+    graph.add_edge("tools", "agent")
+    return graph.compile()
+
+
+def _dual(sync_fn, async_fn):
+    from langchain_core.runnables import RunnableLambda
+
+    return RunnableLambda(sync_fn, afunc=async_fn, name="agent")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_budget_cache():
+    budgets_module.clear_cache()
+    yield
+    budgets_module.clear_cache()
+
+
+@pytest.fixture
+def llm(fake):
+    from langchain_openai.chat_models import _client_utils
+
+    _client_utils._cached_async_httpx_client.cache_clear()
+    return ChatOpenAI(
+        model="gpt-4o", api_key="sk-test", base_url=fake.openai_base_url, max_retries=0,
+        max_tokens=100,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def team():
+    return Team.objects.create(name="Search", slug="search")
+
+
+def test_graph_records_one_event_per_model_call_with_the_node_as_step(llm, fake):
+    fake.default_reply = CALL
+    handler = FluxGateHandler(feature="research-agent", user="u1")
+    result = agent_graph(llm, max_turns=3).invoke(
+        {"messages": [HumanMessage("Find the cheapest model.")], "turns": 0},
+        config={"callbacks": [handler]},
+    )
+    assert result["turns"] == 3 and isinstance(result["messages"][-1], AIMessage)
+    events = list(Event.objects.filter(source="langchain"))
+    assert len(events) == 3
+    assert {(e.step, e.feature, e.end_user_id) for e in events} == {
+        ("agent", "research-agent", "u1")
+    }
+    assert {e.cost_usd for e in events} == {CALL_COST}
+    assert all(e.parent_run_id for e in events)
+    assert handler.runs_in_flight == 0 and len(handler._chains) == 0
+
+
+def test_runaway_graph_loop_is_stopped_by_the_budget_before_spending(llm, fake, team):
+    budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.02"))
+    fake.default_reply = CALL
+    handler = FluxGateHandler(team="search", feature="agent")
+    with pytest.raises(BudgetExceeded):
+        agent_graph(llm, max_turns=100).invoke(
+            {"messages": [HumanMessage("Loop forever.")], "turns": 0},
+            config={"callbacks": [handler], "recursion_limit": 500},
+        )
+    succeeded = Event.objects.filter(source="langchain", status="SUCCESS")
+    blocked = Event.objects.filter(source="langchain", status="BUDGET_EXCEEDED")
+    assert 0 < succeeded.count() < 10
+    assert fake.request_count == succeeded.count()  # the blocked call never reached OpenAI
+    assert blocked.count() == 1 and blocked.get().cost_usd == 0
+    counter = SpendCounter.objects.get(budget=budget)
+    # Every reservation settled to the real cost: spend == the events' costs, nothing held.
+    assert counter.spent == CALL_COST * succeeded.count()
+    assert counter.reserved == 0
+    assert handler.runs_in_flight == 0
+
+
+def test_budget_not_enforced_when_the_handler_opts_out(llm, fake, team):
+    Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.000001"))
+    fake.default_reply = CALL
+    handler = FluxGateHandler(team="search", enforce_budgets=False)
+    llm.invoke("hi", config={"callbacks": [handler]})
+    assert Event.objects.get(source="langchain").status == "SUCCESS"
+
+
+def test_failed_call_releases_its_reservation(llm, fake, team):
+    import openai
+
+    budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("1"))
+    fake.enqueue(FakeReply(status=500))
+    with pytest.raises(openai.InternalServerError):
+        llm.invoke("hi", config={"callbacks": [FluxGateHandler(team="search")]})
+    counter = SpendCounter.objects.get(budget=budget)
+    assert (counter.spent, counter.reserved) == (0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_async_graph_loop_is_stopped_by_the_budget(llm, fake, team):
+    budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.02"))
+    fake.default_reply = CALL
+    handler = FluxGateHandler(team="search", feature="agent")
+
+    async def scenario():
+        with pytest.raises(BudgetExceeded):
+            await agent_graph(llm, max_turns=100).ainvoke(
+                {"messages": [HumanMessage("Loop forever.")], "turns": 0},
+                config={"callbacks": [handler], "recursion_limit": 500},
+            )
+
+    asyncio.run(scenario())
+    succeeded = Event.objects.filter(source="langchain", status="SUCCESS").count()
+    assert 0 < succeeded < 10 and fake.request_count == succeeded
+    counter = SpendCounter.objects.get(budget=budget)
+    assert counter.spent == CALL_COST * succeeded and counter.reserved == 0
+
+
+def test_incomplete_streamed_usage_charges_the_budget_its_estimate(
+    llm, fake, team, monkeypatch
+):
+    """A streamed ChatAnthropic whose input count came out 0 has cost=None: the budget is
+    charged the reservation's estimate, never 0 (a runaway streaming loop must still stop)."""
+    from langchain_anthropic import ChatAnthropic
+
+    from tests.test_langchain import ANTHROPIC_REPLY, message_delta_without_input  # noqa: F401
+
+    budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("5"))
+    _strip_delta_input(monkeypatch)
+    fake.enqueue(FakeReply(**ANTHROPIC_REPLY))
+    anthropic_llm = ChatAnthropic(
+        model="claude-sonnet-4-6", api_key="sk-ant-test", base_url=fake.anthropic_base_url,
+        max_retries=0, max_tokens=1000,
+    )  # fmt: skip
+    list(anthropic_llm.stream("hi", config={"callbacks": [FluxGateHandler(team="search")]}))
+    event = Event.objects.get(source="langchain")
+    assert (event.cost_usd, event.cost_source) == (None, "usage-incomplete")
+    assert event.metadata["budget_charged_estimate"] is True
+    counter = SpendCounter.objects.get(budget=budget)
+    assert counter.spent > 0 and counter.reserved == 0
+
+
+def _strip_delta_input(monkeypatch):
+    import json
+
+    from fluxgate_django.testing import fake_provider
+
+    original = fake_provider._SSE_BUILDERS["messages"]
+
+    def builder(turn):
+        for event in original(turn):
+            if event.startswith(b"event: message_delta"):
+                head, data = event.split(b"data: ", 1)
+                payload = json.loads(data)
+                payload["usage"] = {"output_tokens": payload["usage"]["output_tokens"]}
+                event = head + b"data: " + json.dumps(payload).encode() + b"\n\n"
+            yield event
+
+    monkeypatch.setitem(fake_provider._SSE_BUILDERS, "messages", builder)
