@@ -2,8 +2,9 @@
 
 Public API (imported lazily, so ``import fluxgate_django`` needs no configured Django)::
 
-    from fluxgate_django import (track_openai, track_anthropic, tracking_context,
-                                 current_context, BudgetExceeded, flush)
+    from fluxgate_django import (track_openai, track_anthropic, track_gemini,
+                                 tracking_context, current_context, BudgetExceeded,
+                                 LLMService, flush)
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ if TYPE_CHECKING:
     from .exceptions import BudgetExceeded
     from .recording import flush
     from .records import Status, TrackingResult
-    from .tracking import track_anthropic, track_openai
+    from .service import LLMService
+    from .tracking import track_anthropic, track_gemini, track_openai
 
 __all__ = [
     "BudgetExceeded",
+    "LLMService",
     "Status",
     "TrackingResult",
     "current_context",
     "flush",
     "track_anthropic",
+    "track_gemini",
     "track_openai",
     "tracking_context",
 ]
@@ -31,9 +35,11 @@ __all__ = [
 _EXPORTS = {
     "track_openai": ".tracking",
     "track_anthropic": ".tracking",
+    "track_gemini": ".tracking",
     "tracking_context": ".context",
     "current_context": ".context",
     "BudgetExceeded": ".exceptions",
+    "LLMService": ".service",
     "Status": ".records",
     "TrackingResult": ".records",
     "flush": ".recording",

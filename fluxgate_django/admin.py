@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from . import admin_report  # noqa: F401  (registers the cost report page, admin:fluxgate_report)
 from .models import (
     ApiKey,
     Budget,

@@ -495,7 +495,10 @@ def _check_runaway_block(
 
 #: When an event has no cost because its usage was not reported, the budget is charged
 #: the reservation's estimate (a stream read without usage must not slip past budgets).
-_CHARGE_ESTIMATE = frozenset({"usage-missing", "stream-incomplete", "streaming-response"})
+#: "usage-incomplete": a LangChain stream that reported output but no input count.
+_CHARGE_ESTIMATE = frozenset(
+    {"usage-missing", "usage-incomplete", "stream-incomplete", "streaming-response"}
+)
 
 
 def settlement_for(records: Iterable[Any]) -> dict[int, tuple[int, int]]:

@@ -6,8 +6,10 @@ here, so an event means the same thing whichever way it arrived.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
+from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +19,20 @@ from .conf import fluxgate_settings
 from .context import TrackingContext
 from .pricing import calculate_cost
 from .records import CallInfo, EventRecord, Source, Status, Usage
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServiceAttempt:
+    """Set by the LLM service around one provider attempt, for the event it produces."""
+
+    source: Source
+    fallback_attempt: int
+
+
+#: The LLM service's current attempt (None outside the service).
+service_attempt: ContextVar[ServiceAttempt | None] = ContextVar(
+    "fluxgate_service_attempt", default=None
+)
 
 #: Bounded lengths of the Event text columns, so a long value never fails a whole batch.
 _MAX_ERROR_MESSAGE = 2000
@@ -50,11 +66,17 @@ def build_record(
 ) -> EventRecord:
     """Price one observed call and turn it into an ``EventRecord``."""
     usage = usage or Usage()
+    saved = None
+    attempt = service_attempt.get()
+    if attempt is not None:
+        source = attempt.source
     service_tier = ctx.service_tier or info.service_tier
     if info.status is Status.BUDGET_EXCEEDED:
         cost, cost_source = Decimal(0), "not-sent"
     elif ctx.openrouter_cost is not None:
         cost, cost_source = ctx.openrouter_cost, "openrouter"
+    elif info.reported_cost is not None:
+        cost, cost_source = info.reported_cost, f"{info.provider}-reported"
     elif not info.usage_reported:
         cost, cost_source = None, info.usage_missing_reason
     elif error is not None and usage.total_tokens == 0:
@@ -68,7 +90,7 @@ def build_record(
             requested_model=info.requested_model,
             service_tier=service_tier,
         )
-        cost, cost_source = priced.usd, priced.source
+        cost, cost_source, saved = priced.usd, priced.source, priced.saved
     user_pk, end_user_id, email = user_fields(ctx.user)
     metadata = dict(ctx.metadata)
     if extra_metadata:
@@ -101,6 +123,7 @@ def build_record(
         cache_write_tokens=usage.cache_write_tokens,
         cost_usd=cost,
         cost_source=cost_source,
+        cost_saved_usd=saved,
         latency_ms=latency_ms,
         time_to_first_token_ms=time_to_first_token_ms,
         stream_duration_ms=stream_duration_ms,
@@ -109,6 +132,7 @@ def build_record(
         metadata=metadata,
         tags=list(ctx.tags),
         content=content if fluxgate_settings.STORE_CONTENT else None,
+        fallback_attempt=attempt.fallback_attempt if attempt is not None else 0,
     )
 
 

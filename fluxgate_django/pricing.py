@@ -102,6 +102,8 @@ PriceSource = Rates | _TieredPrice
 class Cost:
     usd: Decimal | None
     source: str
+    #: What provider prompt caching saved: the same call with cache reads at the input price.
+    saved: Decimal | None = dataclasses.field(default=None, compare=False)
 
 
 class PriceBook:
@@ -144,12 +146,18 @@ class PriceBook:
             return Cost(None, "unknown")
         usd = source.cost(usage)
         label = source.source
+        saved = None
+        if usage.cache_read_tokens:
+            uncached = dataclasses.replace(usage, cache_read_tokens=0)
+            saved = source.cost(uncached) - usd
         if service_tier:
             multiplier = fluxgate_settings.SERVICE_TIER_MULTIPLIERS.get(service_tier)
             if multiplier is not None:
-                usd = usd * Decimal(str(multiplier))
+                factor = Decimal(str(multiplier))
+                usd = usd * factor
+                saved = None if saved is None else saved * factor
                 label = f"{label}+{service_tier}"
-        return Cost(usd, label)
+        return Cost(usd, label, saved)
 
     # -- genai-prices ------------------------------------------------------------------
 

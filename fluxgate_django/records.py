@@ -80,6 +80,8 @@ class CallInfo:
     usage_reported: bool = True
     #: The event's ``cost_source`` when usage was not reported.
     usage_missing_reason: str = "usage-missing"
+    #: A cost the provider itself reported (OpenRouter's ``usage.cost``), used as is.
+    reported_cost: Decimal | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

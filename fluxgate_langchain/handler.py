@@ -227,7 +227,7 @@ class FluxGateHandler(BaseCallbackHandler):
     ) -> None:
         self._start(serialized, prompts, run_id, parent_run_id, tags, metadata, kwargs, chat=False)
 
-    def on_llm_new_token(self, token: str, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_llm_new_token(self, token: Any, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._runs.get(run_id)
         if run is not None and run.first_token_at is None:
             run.first_token_at = time.perf_counter()
@@ -286,7 +286,7 @@ class FluxGateHandler(BaseCallbackHandler):
             operation = _CHAT_OPERATION.get(provider, "chat") if chat else "completion"
             ctx = self._context(md, tags, parent_run_id)
             run = LLMRun(run_id, parent_run_id, ctx, provider, requested, operation)
-            if sink.store_content:
+            if sink.stores_content():
                 run.prompt = _prompt_content(prompts, chat)
             self._runs.put(run_id, run)
         if run is None:
@@ -398,7 +398,7 @@ class FluxGateHandler(BaseCallbackHandler):
             _warn_input_missing(info)
         if extra:
             fields["extra_metadata"] = extra
-        if sink.store_content and run.prompt is not None:
+        if sink.stores_content() and run.prompt is not None:
             generation = first_generation(response)
             fields["content"] = {
                 "request": run.prompt,

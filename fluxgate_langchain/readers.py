@@ -125,21 +125,41 @@ def read_llm_result(response: Any, info: CallInfo) -> Usage | None:
         llm_output.get("service_tier"),
         raw_usage.get("service_tier"),
     )
-    reason = _text(
-        meta.get("finish_reason"),
-        meta.get("stop_reason"),
-        gen_info.get("finish_reason"),
-        llm_output.get("stop_reason"),
-    )
-    if reason:
-        info.finish_reason = reason
-        info.status = finish_status(info.provider, reason)
+    if meta.get("object") == "response":  # ChatOpenAI on the Responses API
+        _read_responses_status(meta, info)
+    else:
+        reason = _text(
+            meta.get("finish_reason"),
+            meta.get("stop_reason"),
+            gen_info.get("finish_reason"),
+            llm_output.get("stop_reason"),
+        )
+        if reason:
+            info.finish_reason = reason
+            info.status = finish_status(info.provider, reason)
     if (getattr(message, "additional_kwargs", None) or {}).get("refusal"):
         info.status = _status("CONTENT_FILTER")
     usage = usage_from_metadata(getattr(message, "usage_metadata", None))
     if usage is None and llm_output:
         usage = usage_from_llm_output(llm_output)
     return usage
+
+
+def _read_responses_status(meta: Mapping[str, Any], info: CallInfo) -> None:
+    """Status and finish reason of a Responses API call, read as the tracked client does."""
+    from types import SimpleNamespace
+
+    from fluxgate_django.tracking.openai import _read_responses_api
+
+    info.operation = "responses"
+    details = meta.get("incomplete_details")
+    _read_responses_api(
+        SimpleNamespace(
+            status=meta.get("status"),
+            incomplete_details=SimpleNamespace(**details) if isinstance(details, Mapping) else None,
+        ),
+        info,
+    )
 
 
 def first_generation(response: Any) -> Any:

@@ -41,7 +41,10 @@ class Sink:
 
     final = True
     enforces_budgets = False
-    store_content = False
+
+    def stores_content(self) -> bool:
+        """Keep prompts and completions on events (``FLUXGATE["STORE_CONTENT"]``)?"""
+        return False
 
     @contextlib.contextmanager
     def guard(self, what: str) -> Iterator[None]:
@@ -63,8 +66,7 @@ class DjangoSink(Sink):
 
     enforces_budgets = True
 
-    @property  # type: ignore[override]
-    def store_content(self) -> bool:
+    def stores_content(self) -> bool:
         from fluxgate_django.conf import fluxgate_settings
 
         return bool(fluxgate_settings.STORE_CONTENT)

@@ -52,6 +52,21 @@ def async_anthropic_client(fake):
     )
 
 
+@pytest.fixture
+def gemini_client(fake):
+    """A real ``google.genai.Client`` on the fake (``.aio`` for async), SDK retries off."""
+    pytest.importorskip("google.genai", reason="google-genai is not installed")
+    from google import genai
+    from google.genai import types
+
+    options = types.HttpOptions(
+        base_url=fake.gemini_base_url, retry_options=types.HttpRetryOptions(attempts=1)
+    )
+    client = genai.Client(api_key="test-gemini-key", http_options=options)
+    yield client
+    client.close()
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache():
     """Rate counters, breakers and blocks live in the cache: start every test clean."""

@@ -49,7 +49,6 @@ def test_demo_records_a_realistic_workload_and_prints_the_cost_table():
     output = run_demo(calls=20)
 
     events = Event.objects.all()
-    print("DEBUG", list(events.exclude(metadata__has_key="demo_run").values_list("feature", "model", "created_at", "source", "metadata")))
     assert events.count() == 20
     assert set(events.values_list("feature", flat=True)) == DEMO_FEATURES
     assert {"openai", "anthropic"} <= set(events.values_list("provider", flat=True))

@@ -15,12 +15,14 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_openai import ChatOpenAI
 
+import fluxgate_django
 from fluxgate_django import Status, track_anthropic, track_openai, tracking_context
 from fluxgate_django.models import Event
 from fluxgate_django.testing import FakeReply
 from fluxgate_django.testing import fake_provider as fake_provider_module
 from fluxgate_langchain import FluxGateHandler
 from fluxgate_langchain import handler as handler_module
+from tests.helpers import fluxgate_overrides
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +30,9 @@ pytestmark = pytest.mark.django_db
 OPENAI_REPLY = dict(input_tokens=1000, cached_tokens=200, output_tokens=500)
 OPENAI_COST = Decimal("0.00725")
 # claude-sonnet-4-6: 1000 uncached input + 1000 cache write + 2000 cache read + 500 output.
-ANTHROPIC_REPLY = dict(input_tokens=1000, cache_write_tokens=1000, cached_tokens=2000, output_tokens=500)
+ANTHROPIC_REPLY = dict(
+    input_tokens=1000, cache_write_tokens=1000, cached_tokens=2000, output_tokens=500
+)
 ANTHROPIC_COST = Decimal("0.01485")
 MSGS = [{"role": "user", "content": "Summarise the design document."}]
 
@@ -42,7 +46,9 @@ def _fresh_warnings():
 
 @pytest.fixture
 def chat_openai(fake):
-    return ChatOpenAI(model="gpt-4o", api_key="sk-test", base_url=fake.openai_base_url, max_retries=0)
+    return ChatOpenAI(
+        model="gpt-4o", api_key="sk-test", base_url=fake.openai_base_url, max_retries=0
+    )
 
 
 @pytest.fixture
@@ -136,9 +142,7 @@ def test_openai_stream_with_stream_usage_is_priced(fake, openai_client):
     same_accounting(event, Event.objects.get(tracking_id=stream.fluxgate.tracking_id))
 
 
-def test_openai_stream_without_usage_is_recorded_unpriced_and_warns_once(
-    chat_openai, fake, caplog
-):
+def test_openai_stream_without_usage_is_recorded_unpriced_and_warns_once(chat_openai, fake, caplog):
     handler = FluxGateHandler(feature="chat")
     with caplog.at_level(logging.WARNING, logger="fluxgate"):
         for _ in range(2):
@@ -256,8 +260,7 @@ def test_anthropic_stop_reasons_map_like_the_sdk(chat_anthropic, fake, stop_reas
     assert only_event().status == status.value
 
 
-@pytest.fixture
-def message_delta_without_input(monkeypatch):
+def strip_message_delta_input(monkeypatch) -> None:
     """Make the fake answer streams as older API versions did: ``message_delta`` carries only
     ``output_tokens`` (input and cache counts are on ``message_start`` only)."""
     import json
@@ -274,6 +277,11 @@ def message_delta_without_input(monkeypatch):
             yield event
 
     monkeypatch.setitem(fake_provider_module._SSE_BUILDERS, "messages", builder)
+
+
+@pytest.fixture
+def message_delta_without_input(monkeypatch):
+    strip_message_delta_input(monkeypatch)
 
 
 def test_streamed_anthropic_input_zero_is_marked_incomplete_not_undercharged(
@@ -395,10 +403,13 @@ def _uuid(ids):
 def test_batch_runs_in_threads_each_with_its_own_event(chat_openai, fake):
     handler = FluxGateHandler(feature="batch")
     fake.default_reply = FakeReply(**OPENAI_REPLY)
-    with tracking_context(session_id="s-batch"):
-        out = chat_openai.batch(
-            [f"q{i}" for i in range(8)], config={"callbacks": [handler], "max_concurrency": 4}
-        )
+    # One writer thread: SQLite in memory can't take concurrent writes from 4 threads.
+    with fluxgate_overrides(RECORDER="thread"):
+        with tracking_context(session_id="s-batch"):
+            out = chat_openai.batch(
+                [f"q{i}" for i in range(8)], config={"callbacks": [handler], "max_concurrency": 4}
+            )
+        assert fluxgate_django.flush(timeout=10)
     assert len(out) == 8
     events = list(Event.objects.filter(source="langchain"))
     assert len(events) == 8
@@ -514,8 +525,6 @@ def test_async_error_and_early_break(fake):
 
 
 def test_a_broken_recorder_never_breaks_the_run(chat_openai, fake, monkeypatch, caplog):
-    from tests.helpers import fluxgate_overrides
-
     def broken(*args, **kwargs):
         raise RuntimeError("recorder is broken")
 
@@ -525,3 +534,72 @@ def test_a_broken_recorder_never_breaks_the_run(chat_openai, fake, monkeypatch, 
         message = chat_openai.invoke("hi", config={"callbacks": [FluxGateHandler()]})
     assert message.content
     assert any("recording a LangChain run" in r.getMessage() for r in caplog.records)
+
+
+def test_prompts_and_completions_are_stored_only_when_asked(chat_openai, fake):
+    fake.enqueue(FakeReply(), FakeReply())
+    chat_openai.invoke("secret question", config={"callbacks": [FluxGateHandler()]})
+    assert only_event().content is None
+    Event.objects.all().delete()
+    with fluxgate_overrides(STORE_CONTENT=True):
+        chat_openai.invoke("the question", config={"callbacks": [FluxGateHandler()]})
+    assert only_event().content == {
+        "request": [[{"role": "human", "content": "the question"}]],
+        "response": "Hello from the fake provider.",
+    }
+
+
+def test_chat_openai_on_the_responses_api(fake, openai_client):
+    llm = ChatOpenAI(
+        model="gpt-4o",
+        api_key="sk-test",
+        base_url=fake.openai_base_url,
+        max_retries=0,
+        use_responses_api=True,
+    )
+    fake.enqueue(FakeReply(**OPENAI_REPLY, finish_reason="length"))
+    llm.invoke("hi", config={"callbacks": [FluxGateHandler()]})
+    event = only_event()
+    assert (event.operation, event.status, event.finish_reason) == (
+        "responses",
+        "MAX_TOKENS",
+        "max_output_tokens",
+    )
+    assert event.cost_usd == OPENAI_COST
+
+    fake.enqueue(FakeReply(**OPENAI_REPLY, finish_reason="length"))
+    response = track_openai(openai_client).responses.create(model="gpt-4o", input="hi")
+    same_accounting(event, Event.objects.get(tracking_id=response.fluxgate.tracking_id))
+
+    Event.objects.all().delete()
+    fake.enqueue(FakeReply(**OPENAI_REPLY, chunks=2))
+    list(llm.stream("hi", config={"callbacks": [FluxGateHandler()]}))
+    event = only_event()
+    assert (event.status, event.finish_reason, event.streamed) == ("SUCCESS", "completed", True)
+    assert event.cost_usd == OPENAI_COST
+
+
+def test_a_broken_start_hook_never_breaks_the_run(chat_openai, fake, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("context is broken")
+
+    monkeypatch.setattr(FluxGateHandler, "_context", broken)
+    fake.enqueue(FakeReply())
+    handler = FluxGateHandler()
+    with fluxgate_overrides(RAISE_ERRORS=False), caplog.at_level(logging.ERROR):
+        assert chat_openai.invoke("hi", config={"callbacks": [handler]}).content
+    assert not Event.objects.exists() and handler.runs_in_flight == 0
+    assert any("starting a LangChain run" in r.getMessage() for r in caplog.records)
+
+
+def test_remote_mode_errors_are_logged_not_raised(chat_openai, fake, monkeypatch, caplog):
+    handler = FluxGateHandler(api_key="fg_live_x", base_url="http://127.0.0.1:9")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("sender is broken")
+
+    monkeypatch.setattr("fluxgate_langchain.sinks.remote_event", broken)
+    fake.enqueue(FakeReply())
+    with caplog.at_level(logging.ERROR, logger="fluxgate"):
+        assert chat_openai.invoke("hi", config={"callbacks": [handler]}).content
+    assert any("sender is broken" in (r.exc_text or "") for r in caplog.records)

@@ -171,7 +171,9 @@ def test_a_refused_batch_is_counted_and_logged(caplog):
 @pytest.mark.django_db
 def test_handler_with_api_key_sends_events_to_the_site(server, fake):
     fake.enqueue(FakeReply(input_tokens=1000, cached_tokens=200, output_tokens=500))
-    llm = ChatOpenAI(model="gpt-4o", api_key="sk-test", base_url=fake.openai_base_url, max_retries=0)
+    llm = ChatOpenAI(
+        model="gpt-4o", api_key="sk-test", base_url=fake.openai_base_url, max_retries=0
+    )
     handler = FluxGateHandler(
         feature="rag", user={"id": "u1", "email": "u1@example.com"}, team="search",
         api_key="fg_live_handler_test", base_url=server.url,

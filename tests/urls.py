@@ -1,10 +1,11 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from tests import views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("fluxgate/", include("fluxgate_django.urls")),
     # middleware tests
     path("ctx/echo/", views.echo, name="echo"),
     path("ctx/aecho/", views.aecho, name="aecho"),

@@ -222,6 +222,7 @@ def write_events(records: Sequence[EventRecord], *, replay_spool: bool = True) -
         records = _drop_dangling_links(records, team_ids)
         with transaction.atomic():
             settlement = _settlement(records)
+            rollup = _rollup_batch(records, team_ids)
             try:
                 with transaction.atomic():
                     _insert(records, team_ids)
@@ -229,6 +230,7 @@ def write_events(records: Sequence[EventRecord], *, replay_spool: bool = True) -
                 # A row points at a user or team deleted meanwhile: keep the event, drop
                 # the link.
                 _write_one_by_one([to_event(r, team_ids) for r in records])
+            _save_rollup(rollup)
             if settlement:
                 from ..alerts import check_thresholds
                 from ..budgets import settle_counters
@@ -264,6 +266,27 @@ def _settlement(records: Sequence[EventRecord]) -> dict[int, tuple[int, int]]:
         )
     )
     return settlement_for(r for r in reserved if r.tracking_id not in stored)
+
+
+def _rollup_batch(records: Sequence[EventRecord], team_ids: dict[str, int | None]) -> Any:
+    """The report rollups' deltas of the records not stored yet (queried before the insert)."""
+    from ..errors import capture_internal_exceptions
+    from ..reports.rollups import RollupBatch
+
+    with capture_internal_exceptions("report rollups"):
+        return RollupBatch.for_records(records, team_ids)
+    return None
+
+
+def _save_rollup(rollup: Any) -> None:
+    """Add a batch to the report rollups. A failure there loses no event: it is logged and
+    the rollups are put right by ``manage.py fluxgate_rebuild_rollups``."""
+    if rollup is None:
+        return
+    from ..errors import capture_internal_exceptions
+
+    with capture_internal_exceptions("report rollups"), transaction.atomic():
+        rollup.save()
 
 
 def _count_spend_rate(records: Sequence[EventRecord], team_ids: dict[str, int | None]) -> None:

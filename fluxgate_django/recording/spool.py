@@ -60,8 +60,11 @@ def replay(write: Callable[..., int]) -> int:
     global _pending
     written = 0
     with _lock:
-        for path in sorted(spool_dir().glob("events-*.jsonl")):
-            claimed = path.with_name(f"replaying-{os.getpid()}-{path.name}")
+        for path in sorted(spool_dir().glob("events-*.jsonl")) + _orphaned_replays():
+            original = (
+                path.name.split("-", 2)[2] if path.name.startswith("replaying-") else path.name
+            )
+            claimed = path.with_name(f"replaying-{os.getpid()}-{original}")
             try:
                 path.rename(claimed)
             except OSError:
@@ -78,6 +81,26 @@ def replay(write: Callable[..., int]) -> int:
     if written:
         logger.info("FluxGate replayed %d spooled events", written)
     return written
+
+
+def _orphaned_replays() -> list[Path]:
+    """Files a process claimed for replay and then died with (its pid is gone)."""
+    orphans = []
+    for path in spool_dir().glob("replaying-*-events-*.jsonl"):
+        pid = int(path.name.split("-")[1])
+        if pid != os.getpid() and not _alive(pid):
+            orphans.append(path)
+    return orphans
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read(path: Path) -> list[EventRecord]:

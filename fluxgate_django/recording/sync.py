@@ -18,6 +18,10 @@ class SyncRecorder(BaseRecorder):
         try:
             asyncio.get_running_loop()
         except RuntimeError:
+            in_event_loop = False
+        else:
+            in_event_loop = True
+        if not in_event_loop:
             write_events([record])
             return
         # Django forbids database I/O on an event loop: write from a helper thread.

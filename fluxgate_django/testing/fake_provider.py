@@ -1,8 +1,9 @@
-"""A loopback fake LLM provider speaking the OpenAI and Anthropic wire formats.
+"""A loopback fake LLM provider speaking the OpenAI, Anthropic and Gemini wire formats.
 
 Real SDK clients (``openai.OpenAI`` / ``AsyncOpenAI``, ``anthropic.Anthropic`` /
-``AsyncAnthropic``) talk to it over HTTP, so every code path of the SDKs (typed models,
-SSE streaming, ``parse()`` helpers, error mapping, timeouts) is exercised for real::
+``AsyncAnthropic``, ``google.genai.Client``) talk to it over HTTP, so every code path of the
+SDKs (typed models, SSE streaming, ``parse()`` helpers, error mapping, timeouts) is exercised
+for real::
 
     with FakeProvider() as fake:
         client = openai.OpenAI(api_key="sk-test", base_url=fake.openai_base_url, max_retries=0)
@@ -14,11 +15,14 @@ Usage is reported exactly the way each provider reports it:
 * OpenAI ``prompt_tokens`` / ``input_tokens`` *include* cached (and cache-write) tokens and
   ``completion_tokens`` / ``output_tokens`` *include* reasoning tokens.
 * Anthropic ``input_tokens`` *excludes* cache reads and writes, which are reported separately.
+* Gemini ``promptTokenCount`` *includes* ``cachedContentTokenCount``, and
+  ``candidatesTokenCount`` *excludes* ``thoughtsTokenCount`` (``FakeReply.output_tokens`` →
+  candidates, ``reasoning_tokens`` → thoughts). Zero counts are left out, as Gemini does.
 
 ``FakeReply.input_tokens`` / ``output_tokens`` are put verbatim into the provider's input /
 output field. When left ``None`` they are derived from the request / reply text (about four
-characters a token); a derived OpenAI prompt count also adds ``cached_tokens`` and
-``cache_write_tokens`` so that it always includes them.
+characters a token); a derived OpenAI or Gemini prompt count also adds ``cached_tokens``
+(and OpenAI's ``cache_write_tokens``) so that it always includes them.
 
 Pure standard library: importable without Django and without the SDKs.
 Run ``python -m fluxgate_django.testing.fake_provider --port 8765`` to serve by hand.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import signal
 import socket
 import struct
@@ -65,8 +70,13 @@ class FakeReply:
     ``completed``). Aliases are translated per provider: ``length`` and ``max_tokens`` are
     the same thing, ``content_filter`` makes a Responses API reply ``incomplete``,
     ``refusal`` makes an OpenAI reply a refusal (``message.refusal`` / a ``refusal`` part).
+    Gemini takes its own ``FinishReason`` names (``"SAFETY"``, ``"RECITATION"``,
+    ``"MAX_TOKENS"``...; ``length`` / ``content_filter`` are translated), and
+    ``"BLOCKED"`` (or ``"BLOCKED:<BlockedReason>"``) answers a blocked prompt:
+    ``promptFeedback.blockReason`` (default ``SAFETY``) and no candidates.
 
-    ``status`` outside 2xx answers with an error body in the provider's format.
+    ``status`` outside 2xx answers with an error body in the provider's format (Google's
+    ``{"error": {"code", "message", "status"}}`` for Gemini).
     """
 
     text: str = DEFAULT_TEXT
@@ -99,15 +109,19 @@ class FakeRequest:
 
     @property
     def model(self) -> str | None:
-        """The ``model`` named in the JSON body, if any."""
+        """The ``model`` named in the JSON body (or, for Gemini, in the path), if any."""
         if isinstance(self.body, dict):
             model = self.body.get("model")
-            return model if isinstance(model, str) else None
-        return None
+            if isinstance(model, str):
+                return model
+        gemini = _GEMINI_PATH.match(self.path)
+        return gemini.group("model") if gemini else None
 
     @property
     def stream(self) -> bool:
         """Whether the request asked for a streamed (SSE) reply."""
+        if self.path.endswith(":streamGenerateContent"):
+            return True
         return isinstance(self.body, dict) and bool(self.body.get("stream"))
 
 
@@ -126,6 +140,15 @@ _ANTHROPIC_ROUTES = {
     "/v1/messages/count_tokens": "count_tokens",
 }
 _ROUTES = {**_OPENAI_ROUTES, **_ANTHROPIC_ROUTES}
+#: Gemini API: ``POST /v1beta/models/{model}:{method}`` (also ``v1``, ``v1alpha``, tuned models).
+_GEMINI_PATH = re.compile(
+    r"^/v1(?:beta|alpha)?/(?:models|tunedModels)/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$"
+)
+_GEMINI_ROUTES = {
+    "generateContent": "gemini",
+    "streamGenerateContent": "gemini_stream",
+    "countTokens": "gemini_count_tokens",
+}
 _HEALTH_PATHS = frozenset({"/health", "/healthz", "/v1/health"})
 
 _OPENAI_ERRORS: dict[int, tuple[str, str | None]] = {
@@ -157,6 +180,19 @@ _ANTHROPIC_ERRORS: dict[int, str] = {
     504: "timeout_error",
     529: "overloaded_error",
 }
+_GOOGLE_ERRORS: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 _DEFAULT_MESSAGES: dict[int, str] = {
     400: "Invalid request (fake provider).",
     401: "Invalid API key (fake provider).",
@@ -182,6 +218,23 @@ _ANTHROPIC_STOP = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
+
+_GEMINI_FINISH = {
+    "stop": "STOP",
+    "end_turn": "STOP",
+    "stop_sequence": "STOP",
+    "length": "MAX_TOKENS",
+    "max_tokens": "MAX_TOKENS",
+    "max_output_tokens": "MAX_TOKENS",
+    "content_filter": "SAFETY",
+    "refusal": "SAFETY",
+    "tool_use": "STOP",
+    "tool_calls": "STOP",
+}
+#: Finish reasons whose candidate carries no content (the output was withheld).
+_GEMINI_WITHHELD = frozenset(
+    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
+)
 
 _JSON_CT = "application/json"
 _SSE_CT = "text/event-stream; charset=utf-8"
@@ -288,11 +341,13 @@ class _Turn:
         "text",
     )
 
-    def __init__(self, reply: FakeReply, body: dict[str, Any], kind: str) -> None:
+    def __init__(
+        self, reply: FakeReply, body: dict[str, Any], kind: str, model: str | None = None
+    ) -> None:
         self.reply = reply
         self.body = body
         self.text = reply.text
-        self.model = reply.served_model or body.get("model") or "fake-model"
+        self.model = reply.served_model or model or body.get("model") or "fake-model"
         self.finish = reply.finish_reason
         self.cached = reply.cached_tokens
         self.cache_write = reply.cache_write_tokens
@@ -310,15 +365,22 @@ class _Turn:
                 chars = _text_len(body.get("prompt"))
             elif kind == "responses":
                 chars = _text_len(body.get("input")) + _text_len(body.get("instructions"))
+            elif kind == "gemini":
+                chars = _gemini_text_len(body)
             else:  # messages
                 chars = _text_len(body.get("messages")) + _text_len(body.get("system"))
             derived = max(1, _ceil4(chars))
-            if kind != "messages":  # OpenAI prompt counts include cache reads and writes
+            if kind != "messages":  # OpenAI / Gemini prompt counts include cache tokens
                 derived += self.cached + self.cache_write + self.cache_write_1h
             self.input_tokens = derived
 
         if reply.output_tokens is not None:
             self.output_tokens = reply.output_tokens
+        elif kind == "gemini":  # candidatesTokenCount excludes thoughts
+            out = _ceil4(len(self.text))
+            config = body.get("generationConfig")
+            cap = config.get("maxOutputTokens") if isinstance(config, dict) else None
+            self.output_tokens = min(out, cap) if isinstance(cap, int) else out
         else:
             out = (_ceil4(len(self.text)) + self.reasoning) * self.n
             cap = None
@@ -395,6 +457,33 @@ class _Turn:
         if finish is None:
             return "end_turn"
         return _ANTHROPIC_STOP.get(finish, finish)
+
+    # Gemini ------------------------------------------------------------------------------
+
+    def gemini_finish(self) -> str:
+        """``FinishReason`` name, or ``BLOCKED[:reason]`` for a blocked prompt."""
+        finish = self.finish
+        if finish is None:
+            return "STOP"
+        return _GEMINI_FINISH.get(finish, finish.upper())
+
+    def gemini_usage(self, candidates: int | None) -> dict[str, Any]:
+        """``usageMetadata``; ``candidates=None`` for a blocked prompt (nothing generated)."""
+        usage: dict[str, Any] = {"promptTokenCount": self.input_tokens}
+        total = self.input_tokens
+        if candidates is not None:
+            usage["candidatesTokenCount"] = candidates
+            total += candidates
+            if self.reasoning:
+                usage["thoughtsTokenCount"] = self.reasoning
+                total += self.reasoning
+        if self.cached:
+            usage["cachedContentTokenCount"] = self.cached
+        usage["totalTokenCount"] = total
+        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": self.input_tokens}]
+        if self.cached:
+            usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": self.cached}]
+        return usage
 
     def anthropic_usage(self, output_tokens: int) -> dict[str, Any]:
         return {
@@ -687,8 +776,97 @@ def _messages_sse(t: _Turn) -> Iterator[bytes]:
     yield _event("message_stop", {"type": "message_stop"})
 
 
-def _data(obj: dict[str, Any]) -> bytes:
-    return b"data: " + _dumps(obj) + b"\n\n"
+def _gemini_text_len(body: dict[str, Any]) -> int:
+    """Characters of text in a Gemini request's ``contents`` and ``systemInstruction``."""
+    contents = body.get("contents")
+    blocks = [*(contents if isinstance(contents, list) else ()), body.get("systemInstruction")]
+    return sum(_text_len(block.get("parts")) for block in blocks if isinstance(block, dict))
+
+
+def _gemini_blocked(finish: str) -> str | None:
+    """The ``blockReason`` when ``finish`` asks for a blocked prompt, else None."""
+    if finish == "BLOCKED":
+        return "SAFETY"
+    if finish.startswith("BLOCKED:"):
+        return finish.split(":", 1)[1] or "SAFETY"
+    return None
+
+
+def _gemini_chunk(
+    t: _Turn,
+    response_id: str,
+    text: str | None,
+    finish: str | None,
+    candidates: int,
+) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"index": 0}
+    if text is not None:
+        candidate["content"] = {"parts": [{"text": text}], "role": "model"}
+    if finish is not None:
+        candidate["finishReason"] = finish
+    return {
+        "candidates": [candidate],
+        "usageMetadata": t.gemini_usage(candidates),
+        "modelVersion": t.model,
+        "responseId": response_id,
+    }
+
+
+def _gemini_blocked_reply(t: _Turn, reason: str, response_id: str) -> dict[str, Any]:
+    return {
+        "promptFeedback": {
+            "blockReason": reason,
+            "safetyRatings": [
+                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}
+            ],
+        },
+        "usageMetadata": t.gemini_usage(None),
+        "modelVersion": t.model,
+        "responseId": response_id,
+    }
+
+
+def _gemini_json(t: _Turn) -> dict[str, Any]:
+    finish = t.gemini_finish()
+    response_id = _new_id("")
+    blocked = _gemini_blocked(finish)
+    if blocked is not None:
+        return _gemini_blocked_reply(t, blocked, response_id)
+    text = None if finish in _GEMINI_WITHHELD else t.text
+    return _gemini_chunk(t, response_id, text, finish, t.output_tokens)
+
+
+def _gemini_sse(t: _Turn) -> Iterator[bytes]:
+    """``alt=sse`` chunks; each carries the running ``usageMetadata``, the last the final one."""
+    finish = t.gemini_finish()
+    response_id = _new_id("")
+    blocked = _gemini_blocked(finish)
+    if blocked is not None:
+        yield _data(_gemini_blocked_reply(t, blocked, response_id), b"\r\n\r\n")
+        return
+    pieces = [] if finish in _GEMINI_WITHHELD else _split_text(t.text, t.reply.chunks)
+    if not pieces:
+        chunk = _gemini_chunk(t, response_id, None, finish, t.output_tokens)
+        yield _data(chunk, b"\r\n\r\n")
+        return
+    sent = 0
+    for i, piece in enumerate(pieces):
+        sent += len(piece)
+        last = i == len(pieces) - 1
+        running = t.output_tokens if last else t.output_tokens * sent // len(t.text)
+        chunk = _gemini_chunk(t, response_id, piece, finish if last else None, running)
+        yield _data(chunk, b"\r\n\r\n")
+
+
+def _google_error(status: int, message: str | None) -> dict[str, Any]:
+    default = "INTERNAL" if status >= 500 else "FAILED_PRECONDITION"
+    msg = message or _DEFAULT_MESSAGES.get(status) or f"Fake provider error {status}."
+    status_name = _GOOGLE_ERRORS.get(status, default)
+    return {"error": {"code": status, "message": msg, "status": status_name}}
+
+
+def _data(obj: dict[str, Any], end: bytes = b"\n\n") -> bytes:
+    return b"data: " + _dumps(obj) + end
 
 
 def _event(name: str, obj: dict[str, Any]) -> bytes:
@@ -700,12 +878,14 @@ _JSON_BUILDERS = {
     "completions": _completion_json,
     "responses": _responses_json,
     "messages": _messages_json,
+    "gemini": _gemini_json,
 }
 _SSE_BUILDERS = {
     "chat": _chat_sse,
     "completions": _completion_sse,
     "responses": _responses_sse,
     "messages": _messages_sse,
+    "gemini": _gemini_sse,
 }
 
 
@@ -877,9 +1057,16 @@ class _Handler(BaseHTTPRequestHandler):
         if path not in _ROUTES and "/v1" + path in _ROUTES:
             path = "/v1" + path
         headers = {k.lower(): v for k, v in self.headers.items()}
-        route = _ROUTES.get(path) if method == "POST" else None
-        anthropic = path.startswith("/v1/messages") or (
-            route is None and "anthropic-version" in headers
+        gemini = _GEMINI_PATH.match(raw_path)
+        if gemini is not None:
+            route = _GEMINI_ROUTES.get(gemini.group("method")) if method == "POST" else None
+        else:
+            route = _ROUTES.get(path) if method == "POST" else None
+        google = gemini is not None or (
+            route is None and ("x-goog-api-key" in headers or raw_path.startswith("/v1beta/"))
+        )
+        anthropic = not google and (
+            path.startswith("/v1/messages") or (route is None and "anthropic-version" in headers)
         )
         request_id = _new_id("req_")
         base_headers = {"request-id" if anthropic else "x-request-id": request_id}
@@ -894,11 +1081,12 @@ class _Handler(BaseHTTPRequestHandler):
         fake._record(FakeRequest(method, raw_path, headers, body, query))
 
         def error(status: int, message: str | None, extra: dict[str, str] | None = None) -> None:
-            payload = (
-                _anthropic_error(status, message, request_id)
-                if anthropic
-                else _openai_error(status, message)
-            )
+            if google:
+                payload = _google_error(status, message)
+            elif anthropic:
+                payload = _anthropic_error(status, message, request_id)
+            else:
+                payload = _openai_error(status, message)
             self._send(status, _dumps(payload), {**base_headers, **(extra or {})})
 
         if route is None:
@@ -911,8 +1099,15 @@ class _Handler(BaseHTTPRequestHandler):
             chars = _text_len(body.get("messages")) + _text_len(body.get("system"))
             self._send(200, _dumps({"input_tokens": max(1, _ceil4(chars))}), base_headers)
             return
+        path_model = gemini.group("model") if gemini is not None else None
+        if route == "gemini_count_tokens":
+            n = max(1, _ceil4(_gemini_text_len(body)))
+            details = [{"modality": "TEXT", "tokenCount": n}]
+            counted = {"totalTokens": n, "promptTokensDetails": details}
+            self._send(200, _dumps(counted), base_headers)
+            return
 
-        reply = fake._pick_reply(body.get("model"))
+        reply = fake._pick_reply(path_model or body.get("model"))
         if reply.delay > 0 and fake._stopping.wait(reply.delay):
             self._drop()
             return
@@ -928,11 +1123,13 @@ class _Handler(BaseHTTPRequestHandler):
                 payload = fake._embeddings_json(reply, body)
                 self._send(reply.status, _dumps(payload), out_headers)
                 return
-            turn = _Turn(reply, body, route)
-            if body.get("stream"):
-                self._send_sse(_SSE_BUILDERS[route](turn), out_headers, reply.chunk_delay)
+            kind = "gemini" if gemini is not None else route
+            turn = _Turn(reply, body, kind, path_model)
+            streamed = route == "gemini_stream" if gemini is not None else body.get("stream")
+            if streamed:
+                self._send_sse(_SSE_BUILDERS[kind](turn), out_headers, reply.chunk_delay)
             else:
-                self._send(reply.status, _dumps(_JSON_BUILDERS[route](turn)), out_headers)
+                self._send(reply.status, _dumps(_JSON_BUILDERS[kind](turn)), out_headers)
         except (OSError, ValueError):
             self.close_connection = True
         except Exception as exc:  # a bug in the fake: answer 500 rather than hang
@@ -944,10 +1141,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeProvider:
-    """A loopback HTTP server speaking the OpenAI and Anthropic APIs, for tests and demos.
+    """A loopback HTTP server speaking the OpenAI, Anthropic and Gemini APIs, for tests and demos.
 
-    Point ``openai.OpenAI(base_url=fake.openai_base_url)`` or
-    ``anthropic.Anthropic(base_url=fake.anthropic_base_url)`` at it. Replies are chosen in
+    Point ``openai.OpenAI(base_url=fake.openai_base_url)``,
+    ``anthropic.Anthropic(base_url=fake.anthropic_base_url)`` or
+    ``genai.Client(api_key=..., http_options=HttpOptions(base_url=fake.gemini_base_url))``
+    at it. Replies are chosen in
     this order: the FIFO queue (``enqueue``), the per-model reply (``on_model``), then
     ``default_reply``. Every request is recorded in ``requests``. All methods are
     thread-safe.
@@ -1041,6 +1240,14 @@ class FakeProvider:
     @property
     def anthropic_base_url(self) -> str:
         """Base URL for ``anthropic.Anthropic(base_url=...)``: ``url``."""
+        return self.url
+
+    @property
+    def gemini_base_url(self) -> str:
+        """Base URL for ``genai.Client(http_options=HttpOptions(base_url=...))``: ``url``.
+
+        The SDK adds the API version (``/v1beta``) and ``/models/{model}:generateContent``.
+        """
         return self.url
 
     # -- control ------------------------------------------------------------------------
@@ -1137,7 +1344,7 @@ def main(argv: list[str] | None = None) -> int:
     """Serve a fake provider until Ctrl-C."""
     parser = argparse.ArgumentParser(
         prog="python -m fluxgate_django.testing.fake_provider",
-        description="Fake OpenAI/Anthropic API server for tests and demos.",
+        description="Fake OpenAI/Anthropic/Gemini API server for tests and demos.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
@@ -1150,6 +1357,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Fake LLM provider listening on {fake.url}", flush=True)
     print(f"  OpenAI base_url:    {fake.openai_base_url}", flush=True)
     print(f"  Anthropic base_url: {fake.anthropic_base_url}", flush=True)
+    print(f"  Gemini base_url:    {fake.gemini_base_url}", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
 
     def _on_term(signum: int, frame: Any) -> None:

@@ -1,4 +1,5 @@
-"""Tracked provider clients: ``track_openai(OpenAI())``, ``track_anthropic(Anthropic())``."""
+"""Tracked provider clients: ``track_openai(OpenAI())``, ``track_anthropic(Anthropic())``,
+``track_gemini(genai.Client())``."""
 
 from __future__ import annotations
 
@@ -8,27 +9,32 @@ from ..conf import fluxgate_settings
 from ..context import EMPTY_CONTEXT
 from .anthropic import AnthropicAdapter
 from .core import instrument_client, is_instrumented
+from .gemini import GeminiAdapter, instrument_gemini_client
 from .openai import OpenAIAdapter
 
 if TYPE_CHECKING:
     from anthropic import Anthropic, AsyncAnthropic  # noqa: F401
+    from google.genai import Client as GeminiClient  # noqa: F401
     from openai import AsyncOpenAI, OpenAI  # noqa: F401
 
 ClientT = TypeVar("ClientT")
 
-__all__ = ["is_instrumented", "track_anthropic", "track_openai"]
+__all__ = ["is_instrumented", "track_anthropic", "track_gemini", "track_openai"]
 
 
-def track_openai(client: ClientT | None = None, **context: Any) -> ClientT:
+def track_openai(
+    client: ClientT | None = None, *, provider: str = "openai", **context: Any
+) -> ClientT:
     """Track every LLM call of an ``OpenAI`` or ``AsyncOpenAI`` client (returned, same object).
 
-    Without a client, one is made from ``FLUXGATE["PROVIDERS"]["openai"]``. Keyword
-    arguments bind context fields (``feature=``, ``user=``...) to the client.
+    Without a client, one is made from ``FLUXGATE["PROVIDERS"][provider]``. ``provider``
+    names an OpenAI-compatible endpoint's events (``"openrouter"``, ``"vllm"``...).
+    Keyword arguments bind context fields (``feature=``, ``user=``...) to the client.
     """
     if client is None:
-        client = _client_from_settings("openai", "openai", "OpenAI")
+        client = _client_from_settings(provider, "openai", "OpenAI")
     _check(client, "openai")
-    return instrument_client(client, OpenAIAdapter(), EMPTY_CONTEXT.merge(**context))
+    return instrument_client(client, OpenAIAdapter(provider), EMPTY_CONTEXT.merge(**context))
 
 
 def track_anthropic(client: ClientT | None = None, **context: Any) -> ClientT:
@@ -37,6 +43,37 @@ def track_anthropic(client: ClientT | None = None, **context: Any) -> ClientT:
         client = _client_from_settings("anthropic", "anthropic", "Anthropic")
     _check(client, "anthropic")
     return instrument_client(client, AnthropicAdapter(), EMPTY_CONTEXT.merge(**context))
+
+
+def track_gemini(client: ClientT | None = None, **context: Any) -> ClientT:
+    """Track ``models.generate_content`` (and its stream) of a ``google.genai.Client``,
+    sync and ``client.aio``; returns the same client.
+
+    Without a client, one is made from ``FLUXGATE["PROVIDERS"]["gemini"]`` (or
+    ``GEMINI_API_KEY``). Keyword arguments bind context fields to the client.
+    """
+    if client is None:
+        client = _gemini_client_from_settings()
+    module = type(client).__module__
+    if not module.startswith("google.genai") or not hasattr(client, "_models"):
+        raise TypeError(
+            "track_gemini() takes a google-genai client (google.genai.Client(), or its .aio), "
+            f"not {type(client).__name__}"
+        )
+    return instrument_gemini_client(client, GeminiAdapter(), EMPTY_CONTEXT.merge(**context))
+
+
+def _gemini_client_from_settings() -> Any:
+    try:
+        from google import genai
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "track_gemini() needs the google-genai package: pip install 'django-fluxgate[gemini]'"
+        ) from exc
+    options = {
+        k: v for k, v in fluxgate_settings.PROVIDERS.get("gemini", {}).items() if v is not None
+    }
+    return genai.Client(**options)
 
 
 def _check(client: Any, package: str) -> None:
@@ -58,6 +95,8 @@ def _client_from_settings(provider: str, package: str, class_name: str) -> Any:
             f"pip install 'django-fluxgate[{provider}]'"
         ) from exc
     options = {
-        k: v for k, v in fluxgate_settings.PROVIDERS.get(provider, {}).items() if v is not None
+        k: v
+        for k, v in fluxgate_settings.PROVIDERS.get(provider, {}).items()
+        if v is not None and k in ("api_key", "base_url", "timeout", "max_retries")
     }
     return getattr(module, class_name)(**options)

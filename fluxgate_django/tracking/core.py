@@ -366,6 +366,20 @@ class TrackedCall:
 
     # -- streams ---------------------------------------------------------------------
 
+    def observe_iterator(self, iterator: Any, holder: Any = None) -> Any:
+        """Observe a plain (async) iterator of stream events through a generator of the same
+        kind, for SDKs whose streams are bare generators (google-genai).
+
+        The call is recorded once: when the iterator is exhausted, fails, or the generator is
+        closed — which the interpreter also does when it is dropped. ``holder`` (if any) gets
+        ``.fluxgate`` then.
+        """
+        self.info.streamed = True
+        self.accumulator = self.adapter.stream_accumulator(self.operation)
+        if hasattr(iterator, "__anext__"):
+            return self._observe_async(iterator, holder)
+        return self._observe_sync(iterator, holder)
+
     def _instrument_stream(self, stream: Any) -> None:
         """Observe ``stream``'s events in place: the caller keeps the SDK's own object."""
         self.info.streamed = True
@@ -467,7 +481,9 @@ def _attach(obj: Any, record: EventRecord) -> None:
 def _content(body: dict[str, Any], response: Any) -> Any:
     if not fluxgate_settings.STORE_CONTENT:
         return None
-    request = {k: body[k] for k in ("messages", "input", "prompt", "system") if k in body}
+    request = {
+        k: body[k] for k in ("messages", "input", "prompt", "system", "contents") if k in body
+    }
     try:
         dumped = response.model_dump(mode="json", exclude_none=True)
     except Exception:

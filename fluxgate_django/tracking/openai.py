@@ -7,6 +7,7 @@ reasoning tokens, which is FluxGate's own convention, so counts are taken as the
 from __future__ import annotations
 
 import functools
+from decimal import Decimal
 from typing import Any
 
 from ..records import CallInfo, Status, Usage
@@ -49,6 +50,17 @@ def normalise_openai_usage(usage: Any) -> Usage | None:
     )
 
 
+def _reported_cost(usage: Any) -> Decimal | None:
+    """OpenRouter (and some other OpenAI-compatible gateways) report ``usage.cost`` in USD."""
+    cost = getattr(usage, "cost", None) if usage is not None else None
+    if isinstance(cost, (int, float, str)) and not isinstance(cost, bool):
+        try:
+            return Decimal(str(cost))
+        except ArithmeticError:
+            return None
+    return None
+
+
 def _finish(info: CallInfo, reason: str | None) -> None:
     if reason:
         info.finish_reason = reason
@@ -78,7 +90,10 @@ def _read_responses_api(response: Any, info: CallInfo) -> None:
 
 
 class OpenAIAdapter:
-    provider = "openai"
+    """OpenAI, or any OpenAI-compatible endpoint (OpenRouter, vLLM...) under its own name."""
+
+    def __init__(self, provider: str = "openai") -> None:
+        self.provider = provider
 
     def operation(self, method: str, url: str) -> str | None:
         if method.lower() != "post":
@@ -92,7 +107,9 @@ class OpenAIAdapter:
             _read_responses_api(response, info)
         else:
             _read_choices(response, info)
-        return normalise_openai_usage(getattr(response, "usage", None))
+        usage = getattr(response, "usage", None)
+        info.reported_cost = _reported_cost(usage)
+        return normalise_openai_usage(usage)
 
     def stream_accumulator(self, operation: str) -> Any:
         if operation == "responses":
@@ -154,6 +171,7 @@ class _ChunkStream:
         _finish(info, self.finish_reason)
         if self.usage is None:
             _warn_no_stream_usage(info.operation)
+        info.reported_cost = _reported_cost(self.usage)
         return normalise_openai_usage(self.usage)
 
 

@@ -14,6 +14,7 @@ unless ``DJANGO_DEBUG=0``.
 
 import os
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -81,7 +82,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": SQLITE_DIR / "testproject.sqlite3",
+            "NAME": str(SQLITE_DIR / "testproject.sqlite3"),
         }
     }
 
@@ -106,6 +107,7 @@ STATIC_URL = "static/"
 LOGIN_URL = "admin:login"
 
 _FAKE_URL = os.environ.get("FLUXGATE_FAKE_URL", "").rstrip("/")
+_PROVIDERS: dict[str, dict[str, Any]]
 if _FAKE_URL:
     _PROVIDERS = {
         "openai": {"api_key": "sk-fake-testproject", "base_url": f"{_FAKE_URL}/v1"},

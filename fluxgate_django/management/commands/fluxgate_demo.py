@@ -214,7 +214,9 @@ class Workload:
         import openai
 
         self.rng = rng
-        oa = track_openai(
+        # Any: with_context() is added to the instance by track_openai(); the SDK's types
+        # do not declare it.
+        oa: Any = track_openai(
             openai.OpenAI(api_key="sk-fluxgate-demo", base_url=f"{base_url}/v1", max_retries=0)
         )
         an = track_anthropic(
@@ -434,7 +436,8 @@ def cost_by_feature(run_id: str) -> list[FeatureCost]:
     )
     latencies: dict[str, list[float]] = defaultdict(list)
     for feature, latency in events.exclude(latency_ms=None).values_list("feature", "latency_ms"):
-        latencies[feature].append(latency)
+        if latency is not None:  # excluded above; this narrows the type
+            latencies[feature].append(latency)
     return [
         FeatureCost(
             feature=row["feature"] or "(none)",

@@ -1,0 +1,623 @@
+"""The report query layer: what the admin page, ``manage.py fluxgate_report`` and the REST
+API all call, so they show the same numbers.
+
+Every function reads the rollup tables (never the events). Dates are ``datetime.date``
+values in the site's time zone (``TIME_ZONE``) and ranges include both ``start`` and
+``end``. ``teams`` restricts the report to those team ids; ``None`` means every event,
+including those without a team (callers get it from :func:`visible_teams`). ``filters``
+maps ``team`` (slugs, or ids as ints), ``feature``, ``provider``, ``model`` and ``user``
+(end-user ids) to the values to keep; several filters combine with AND.
+
+Definitions (see also :class:`~fluxgate_django.models.RollupBase`):
+
+* ``requests``: calls sent to a provider or served from the response cache. Calls a
+  budget refused (``BUDGET_EXCEEDED``) are counted apart as ``budget_blocked``, and in
+  no rate, latency, token or cost figure.
+* ``error_rate``: ERROR and MALFORMED_REQUEST calls / requests; ``fallback_rate``: calls
+  that were a fallback attempt (``fallback_attempt > 0``) / requests; ``cache_hit_rate``:
+  response-cache hits / requests.
+* ``cost_usd``: the sum of the known costs; ``None`` when there are unpriced calls and no
+  priced one (shown as "unpriced", never as $0). ``unpriced`` counts the calls whose
+  price is unknown. ``cost_per_request_usd``: cost / the requests whose cost is known
+  (failed calls that were not billed count as $0).
+* ``p50/p95_latency_ms``: from the latency histogram (see
+  :mod:`fluxgate_django.reports.histogram` for the error bound).
+* ``share_of_cost``: the row's cost / the cost of all rows of the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Sum
+from django.utils import timezone
+
+from .histogram import BUCKET_COUNT, quantile
+from .managers import COUNTER_FIELDS, FILTER_COLUMNS, MEASURE_FIELDS
+
+#: Report dimensions (``?by=``) → rollup column.
+DIMENSIONS: dict[str, str] = {
+    "feature": "feature",
+    "team": "team_key",
+    "model": "model",
+    "provider": "provider",
+    "user": "end_user_id",
+    "day": "day",
+}
+FILTERS = tuple(FILTER_COLUMNS)
+#: Date range presets (``?range=``): name → label.
+PRESETS: dict[str, str] = {
+    "today": "Today",
+    "7d": "Last 7 days",
+    "30d": "Last 30 days",
+    "month": "This month",
+}
+DEFAULT_PRESET = "30d"
+
+#: The columns of a row in CSV, JSON and API output, in order.
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "key",
+    "label",
+    "requests",
+    "errors",
+    "error_rate",
+    "fallbacks",
+    "fallback_rate",
+    "cache_hits",
+    "cache_hit_rate",
+    "budget_blocked",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced",
+    "cost_per_request_usd",
+    "cost_saved_usd",
+    "p50_latency_ms",
+    "p95_latency_ms",
+    "share_of_cost",
+)
+
+_MONEY_UNIT = Decimal("1e-10")
+_EMPTY_LABELS = {
+    "feature": "(no feature)",
+    "team": "(no team)",
+    "model": "(unknown model)",
+    "provider": "(unknown provider)",
+    "user": "(anonymous)",
+}
+
+
+def _usd(units: int) -> Decimal:
+    return (Decimal(units) * _MONEY_UNIT).normalize() if units else Decimal(0)
+
+
+def plain_decimal(value: Decimal) -> str:
+    """``Decimal("4.50E-3")`` → ``"0.0045"``; ``0E-10`` → ``"0"``."""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+# -- results -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakdownRow:
+    """The totals of one group of a report (or of the whole report)."""
+
+    key: str
+    label: str
+    requests: int = 0
+    errors: int = 0
+    budget_blocked: int = 0
+    fallbacks: int = 0
+    cache_hits: int = 0
+    priced: int = 0
+    unpriced: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_units: int = 0
+    cost_saved_units: int = 0
+    latency_histogram: tuple[int, ...] = (0,) * BUCKET_COUNT
+    #: This row's cost / the report's total cost (None when the total is 0).
+    share_of_cost: float | None = None
+
+    @classmethod
+    def from_measures(cls, key: str, label: str, measures: Sequence[int]) -> BreakdownRow:
+        """A row from summed measures in ``MEASURE_FIELDS`` order."""
+        counters = dict(zip(COUNTER_FIELDS, measures, strict=False))
+        return cls(
+            key=key,
+            label=label,
+            latency_histogram=tuple(measures[len(COUNTER_FIELDS) :]),
+            **counters,
+        )
+
+    @property
+    def measures(self) -> tuple[int, ...]:
+        return (*(getattr(self, name) for name in COUNTER_FIELDS), *self.latency_histogram)
+
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """Known cost; None when nothing was priced but some calls were unpriced."""
+        if self.priced == 0 and self.unpriced:
+            return None
+        return _usd(self.cost_units)
+
+    @property
+    def cost_saved_usd(self) -> Decimal:
+        return _usd(self.cost_saved_units)
+
+    @property
+    def cost_per_request_usd(self) -> Decimal | None:
+        known = self.requests - self.unpriced
+        if not known or self.cost_usd is None:
+            return None
+        return (_usd(self.cost_units) / known).quantize(_MONEY_UNIT).normalize()
+
+    @property
+    def error_rate(self) -> float | None:
+        return _rate(self.errors, self.requests)
+
+    @property
+    def fallback_rate(self) -> float | None:
+        return _rate(self.fallbacks, self.requests)
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return _rate(self.cache_hits, self.requests)
+
+    @property
+    def p50_latency_ms(self) -> float | None:
+        return quantile(self.latency_histogram, 0.5)
+
+    @property
+    def p95_latency_ms(self) -> float | None:
+        return quantile(self.latency_histogram, 0.95)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as JSON-safe values (``EXPORT_COLUMNS``): money as decimal strings,
+        rates as fractions rounded to 4 places, latencies in ms rounded to 0.1."""
+
+        def money(value: Decimal | None) -> str | None:
+            return None if value is None else plain_decimal(value)
+
+        def fraction(value: float | None) -> float | None:
+            return None if value is None else round(value, 4)
+
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value, 1)
+
+        return {
+            "key": self.key,
+            "label": self.label,
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": fraction(self.error_rate),
+            "fallbacks": self.fallbacks,
+            "fallback_rate": fraction(self.fallback_rate),
+            "cache_hits": self.cache_hits,
+            "cache_hit_rate": fraction(self.cache_hit_rate),
+            "budget_blocked": self.budget_blocked,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cost_usd": money(self.cost_usd),
+            "unpriced": self.unpriced,
+            "cost_per_request_usd": money(self.cost_per_request_usd),
+            "cost_saved_usd": money(self.cost_saved_usd),
+            "p50_latency_ms": ms(self.p50_latency_ms),
+            "p95_latency_ms": ms(self.p95_latency_ms),
+            "share_of_cost": fraction(self.share_of_cost),
+        }
+
+
+def _sum_rows(key: str, label: str, rows: Iterable[BreakdownRow]) -> BreakdownRow:
+    totals = [0] * len(MEASURE_FIELDS)
+    for row in rows:
+        for i, value in enumerate(row.measures):
+            totals[i] += value
+    return BreakdownRow.from_measures(key, label, totals)
+
+
+@dataclasses.dataclass(frozen=True)
+class Breakdown:
+    """A report: one row per value of ``by``, and their total."""
+
+    by: str
+    start: dt.date
+    end: dt.date
+    rows: list[BreakdownRow]
+    total: BreakdownRow
+
+    def __iter__(self) -> Iterator[BreakdownRow]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe: ``{"by", "start", "end", "rows": [...], "total": {...}}``."""
+        return {
+            "by": self.by,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "rows": [row.as_dict() for row in self.rows],
+            "total": self.total.as_dict(),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """One stacked series of a daily chart: cost per day of one group."""
+
+    key: str
+    label: str
+    costs: list[Decimal]
+
+    @property
+    def total(self) -> Decimal:
+        return sum(self.costs, Decimal(0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeseries:
+    """Daily cost from ``start`` to ``end`` (every day), split into series by ``by``."""
+
+    by: str
+    days: list[dt.date]
+    series: list[Series]
+
+    @property
+    def day_totals(self) -> list[Decimal]:
+        return [sum((s.costs[i] for s in self.series), Decimal(0)) for i in range(len(self.days))]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "by": self.by,
+            "days": [d.isoformat() for d in self.days],
+            "series": [
+                {"key": s.key, "label": s.label, "costs": [plain_decimal(c) for c in s.costs]}
+                for s in self.series
+            ],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetState:
+    """A budget and its current window's spend."""
+
+    budget_id: int
+    team_id: int
+    team_slug: str
+    team_name: str
+    feature: str
+    period: str
+    action: str
+    window_start: dt.date
+    limit_usd: Decimal
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    alert_threshold_percent: int
+
+    @property
+    def percent_used(self) -> Decimal:
+        if not self.limit_usd:
+            return Decimal(0)
+        return (self.spent_usd * 100 / self.limit_usd).quantize(Decimal("0.1"))
+
+    @property
+    def state(self) -> str:
+        """``ok``, ``alert`` (past the alert threshold) or ``over`` (limit reached)."""
+        if self.percent_used >= 100:
+            return "over"
+        if self.percent_used >= self.alert_threshold_percent:
+            return "alert"
+        return "ok"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "budget_id": self.budget_id,
+            "team": self.team_slug,
+            "feature": self.feature,
+            "period": self.period,
+            "action": self.action,
+            "window_start": self.window_start.isoformat(),
+            "limit_usd": plain_decimal(self.limit_usd),
+            "spent_usd": plain_decimal(self.spent_usd),
+            "reserved_usd": plain_decimal(self.reserved_usd),
+            "percent_used": str(self.percent_used),
+            "state": self.state,
+        }
+
+
+# -- permissions and dates -----------------------------------------------------------------
+
+
+def visible_teams(user: Any) -> list[int] | None:
+    """The team ids whose costs ``user`` may see; ``None`` means all of them.
+
+    Superusers and users with the ``fluxgate_django.view_event`` permission (they can
+    read every event in the admin anyway) see everything, events without a team
+    included. Anyone else sees the teams they are an admin of (``TeamMembership.role``
+    ``admin``), possibly none. Anonymous and inactive users see nothing.
+    """
+    if user is None or not user.is_authenticated or not user.is_active:
+        return []
+    if user.is_superuser or user.has_perm("fluxgate_django.view_event"):
+        return None
+    from ..models import TeamMembership
+
+    return sorted(
+        TeamMembership.objects.filter(user=user, role=TeamMembership.Role.ADMIN).values_list(
+            "team_id", flat=True
+        )
+    )
+
+
+def site_today() -> dt.date:
+    """Today in the site's time zone (the rollups' days), whatever zone is active."""
+    if settings.USE_TZ:
+        return timezone.localdate(timezone=timezone.get_default_timezone())
+    return dt.date.today()
+
+
+def preset_range(preset: str, today: dt.date | None = None) -> tuple[dt.date, dt.date]:
+    """``(start, end)`` of a preset: ``today``, ``7d`` and ``30d`` (the last 7 or 30 days,
+    today included) or ``month`` (the 1st of this month to today)."""
+    today = today or site_today()
+    if preset == "today":
+        return today, today
+    if preset == "7d":
+        return last_days(7, today)
+    if preset == "30d":
+        return last_days(30, today)
+    if preset == "month":
+        return today.replace(day=1), today
+    raise ValueError(f"unknown date range preset {preset!r} (one of {', '.join(PRESETS)})")
+
+
+def last_days(days: int, today: dt.date | None = None) -> tuple[dt.date, dt.date]:
+    """The last ``days`` days, today included."""
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    today = today or site_today()
+    return today - dt.timedelta(days=days - 1), today
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def _rollups(by: str, filters: Mapping[str, Any]) -> Any:
+    """The per-user table when the report is by user or filters users; else the smaller one."""
+    from ..models import EndUserUsageRollup, UsageRollup
+
+    if by == "user" or "user" in filters:
+        return EndUserUsageRollup.objects
+    return UsageRollup.objects
+
+
+def resolve_filters(
+    filters: Mapping[str, Iterable[Any] | str | None] | None,
+) -> dict[str, list[Any]]:
+    """Validated filters with team slugs turned into ids (an unknown slug matches nothing)."""
+    resolved: dict[str, list[Any]] = {}
+    for name, values in (filters or {}).items():
+        if name not in FILTER_COLUMNS:
+            raise ValueError(f"unknown filter {name!r} (one of {', '.join(FILTERS)})")
+        if values is None:
+            continue
+        values = [values] if isinstance(values, (str, int)) else list(values)
+        if name == "team":
+            values = _team_ids(values)
+        resolved[name] = [str(v) for v in values] if name != "team" else values
+    return resolved
+
+
+def _team_ids(values: list[Any]) -> list[int]:
+    from ..models import Team
+
+    ids = [v for v in values if isinstance(v, int)]
+    slugs = [v for v in values if isinstance(v, str) and v]
+    if "" in values:
+        ids.append(0)  # "" selects the events without a team
+    if slugs:
+        ids += Team.objects.filter(slug__in=slugs).values_list("id", flat=True)
+    return ids
+
+
+def _check(by: str, start: dt.date, end: dt.date) -> str:
+    if by not in DIMENSIONS:
+        raise ValueError(f"unknown dimension {by!r} (one of {', '.join(DIMENSIONS)})")
+    if start > end:
+        raise ValueError(f"start {start} is after end {end}")
+    return DIMENSIONS[by]
+
+
+def _labels(by: str, keys: Iterable[Any]) -> dict[Any, tuple[str, str]]:
+    """Rollup column value → (key, label) for display and export."""
+    keys = list(keys)
+    if by == "day":
+        return {k: (k.isoformat(), k.isoformat()) for k in keys}
+    if by == "team":
+        from ..models import Team
+
+        teams = {t.id: t for t in Team.objects.filter(id__in=[k for k in keys if k])}
+        out: dict[Any, tuple[str, str]] = {}
+        for k in keys:
+            team = teams.get(k)
+            if not k:
+                out[k] = ("", _EMPTY_LABELS["team"])
+            elif team is None:
+                out[k] = (f"#{k}", f"(deleted team #{k})")
+            else:
+                out[k] = (team.slug, team.name)
+        return out
+    return {k: (k, k or _EMPTY_LABELS[by]) for k in keys}
+
+
+def breakdown(
+    by: str,
+    start: dt.date,
+    end: dt.date,
+    *,
+    teams: Collection[int] | None = None,
+    filters: Mapping[str, Iterable[Any] | str | None] | None = None,
+) -> Breakdown:
+    """Totals per feature, team, model, provider, user (end user) or day.
+
+    Rows are ordered by cost, then requests (most first); by day, by date.
+    """
+    column = _check(by, start, end)
+    resolved = resolve_filters(filters)
+    grouped = list(
+        _rollups(by, resolved).breakdown(column, start, end, teams=teams, filters=resolved)
+    )
+    labels = _labels(by, (g[column] for g in grouped))
+    rows = [
+        BreakdownRow.from_measures(
+            *labels[g[column]], [g[f"sum_{name}"] or 0 for name in MEASURE_FIELDS]
+        )
+        for g in grouped
+    ]
+    total = _sum_rows("", "Total", rows)
+    rows = [_with_share(row, total.cost_units) for row in rows]
+    if by == "day":
+        rows.sort(key=lambda r: r.key)
+    else:
+        rows.sort(key=lambda r: (-r.cost_units, -r.requests, r.key))
+    return Breakdown(by, start, end, rows, _with_share(total, total.cost_units))
+
+
+def _with_share(row: BreakdownRow, total_units: int) -> BreakdownRow:
+    share = row.cost_units / total_units if total_units else None
+    return dataclasses.replace(row, share_of_cost=share)
+
+
+def compare(
+    features: Sequence[str],
+    start: dt.date,
+    end: dt.date,
+    *,
+    teams: Collection[int] | None = None,
+    filters: Mapping[str, Iterable[Any] | str | None] | None = None,
+) -> Breakdown:
+    """``features`` side by side (an A/B test): a by-feature breakdown restricted to them,
+    with rows in the order given (a feature without calls gets an empty row) and shares
+    of the compared features' total."""
+    features = list(dict.fromkeys(features))
+    report = breakdown(
+        "feature", start, end, teams=teams, filters={**(filters or {}), "feature": features}
+    )
+    found = {row.key: row for row in report.rows}
+    rows = [
+        found.get(name) or BreakdownRow(key=name, label=name or _EMPTY_LABELS["feature"])
+        for name in features
+    ]
+    return dataclasses.replace(report, rows=rows)
+
+
+def timeseries(
+    by: str,
+    start: dt.date,
+    end: dt.date,
+    *,
+    teams: Collection[int] | None = None,
+    filters: Mapping[str, Iterable[Any] | str | None] | None = None,
+    top: int = 8,
+) -> Timeseries:
+    """Cost per day (every day of the range) split by ``by``: the ``top - 1`` costliest
+    groups and "Other" when there are more than ``top``; one series when ``by="day"``."""
+    column = _check(by, start, end)
+    resolved = resolve_filters(filters)
+    qs = _rollups(by, resolved).between(start, end).for_teams(teams).matching(resolved).order_by()
+    group = column if by != "day" else None
+    cells: dict[Any, dict[dt.date, int]] = {}
+    for row in qs.values("day", *([group] if group else [])).annotate(cost=Sum("cost_units")):
+        per_day = cells.setdefault(row[group] if group else "", {})
+        per_day[row["day"]] = per_day.get(row["day"], 0) + (row["cost"] or 0)
+    days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+    ranked = sorted(cells, key=lambda k: (-sum(cells[k].values()), str(k)))
+    if group is None:
+        return Timeseries(
+            by, days, [Series("", "Cost", [_usd(cells.get("", {}).get(d, 0)) for d in days])]
+        )
+    shown, rest = (ranked, []) if len(ranked) <= top else (ranked[: top - 1], ranked[top - 1 :])
+    labels = _labels(by, shown)
+    series = [Series(*labels[k], [_usd(cells[k].get(d, 0)) for d in days]) for k in shown]
+    if rest:
+        other = [sum(cells[k].get(d, 0) for k in rest) for d in days]
+        series.append(Series("__other__", f"Other ({len(rest)})", [_usd(u) for u in other]))
+    return Timeseries(by, days, series)
+
+
+def budget_state(teams: Collection[int] | None = None) -> list[BudgetState]:
+    """Every budget of these teams (all when None) with its current window's spend."""
+    from ..budgets import window_start
+    from ..models import Budget, SpendCounter
+
+    budgets = Budget.objects.select_related("team").order_by("team__name", "feature", "period")
+    if teams is not None:
+        budgets = budgets.filter(team_id__in=list(teams))
+    budgets = list(budgets)
+    windows = {period: window_start(period) for period in Budget.Period.values}
+    counters = {
+        (c.budget_id, c.window_start): c
+        for c in SpendCounter.objects.filter(
+            budget__in=budgets, window_start__in=set(windows.values())
+        )
+    }
+    states = []
+    for b in budgets:
+        start = windows[b.period]
+        counter = counters.get((b.id, start))
+        states.append(
+            BudgetState(
+                budget_id=b.id,
+                team_id=b.team_id,
+                team_slug=b.team.slug,
+                team_name=b.team.name,
+                feature=b.feature,
+                period=b.period,
+                action=b.action,
+                window_start=start,
+                limit_usd=Decimal(b.limit_usd),
+                spent_usd=counter.spent if counter else Decimal(0),
+                reserved_usd=counter.reserved if counter else Decimal(0),
+                alert_threshold_percent=b.alert_threshold_percent,
+            )
+        )
+    return states
+
+
+def filter_choices(teams: Collection[int] | None = None) -> dict[str, list[Any]]:
+    """Values seen in the rollups of these teams, for filter menus: ``feature``,
+    ``provider``, ``model`` (strings) and ``team`` (``(slug, name)`` pairs)."""
+    from ..models import Team, UsageRollup
+
+    rollups = UsageRollup.objects.for_teams(teams).order_by()
+    team_rows = Team.objects.order_by("name")
+    if teams is not None:
+        team_rows = team_rows.filter(id__in=list(teams))
+    choices: dict[str, list[Any]] = {
+        "team": [(t.slug, t.name) for t in team_rows],
+    }
+    for name in ("feature", "provider", "model"):
+        choices[name] = sorted(rollups.values_list(name, flat=True).distinct())
+    return choices
