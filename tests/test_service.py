@@ -357,3 +357,105 @@ def test_health_reports_circuit_state(service, fake):
     assert health["anthropic/claude-sonnet-4-6"]["state"] == "open"
     assert health["openai/gpt-4o-mini"]["state"] == "closed"
     json.dumps(health)
+
+
+# -- over HTTP -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api_key(db):
+    from fluxgate_django.models import ApiKey
+
+    team = Team.objects.create(name="Search", slug="search")
+    _, secret = ApiKey.objects.create_key(team=team, name="ci")
+    return team, secret
+
+
+def test_http_complete_with_an_api_key(service, fake, client, api_key):
+    team, secret = api_key
+    fake.enqueue(FakeReply(status=500))
+    response = client.post(
+        "/fluxgate/api/complete/",
+        {"messages": MSGS, "route": "summarize", "feature": "summarize", "user": "u9"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["provider"], body["fallback_used"]) == ("anthropic", True)
+    assert [a["outcome"] for a in body["attempts"]] == ["error", "success"]
+    events = Event.objects.order_by("fallback_attempt")
+    assert [(e.team_id, e.feature, e.end_user_id) for e in events] == [
+        (team.id, "summarize", "u9"),
+        (team.id, "summarize", "u9"),
+    ]
+
+
+def test_http_complete_validation_and_errors(service, fake, client, api_key):
+    team, secret = api_key
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+    post = lambda body: client.post(  # noqa: E731
+        "/fluxgate/api/complete/", body, content_type="application/json", **auth
+    )
+    bad = post({"messages": [{"role": "robot", "content": "x"}], "route": "nope"})
+    assert bad.status_code == 400
+    assert "messages" in bad.json() or "route" in bad.json()
+    assert post({"messages": MSGS}).json() == {"route": ["Give a route or a model."]}
+    assert post({"messages": MSGS, "route": "summarize", "max_tokens": -1}).status_code == 400
+    assert post({"messages": MSGS, "route": "summarize", "team": "other"}).status_code == 403
+    fake.enqueue(FakeReply(status=500), FakeReply(status=500))
+    down = post({"messages": MSGS, "route": "summarize"})
+    assert down.status_code == 503 and len(down.json()["attempts"]) == 2
+    fake.enqueue(FakeReply(status=400, error_message="bad tool schema"))
+    assert post({"messages": MSGS, "route": "summarize"}).status_code == 400
+    budgets_module.clear_cache()
+    Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.000001"))
+    blocked = post({"messages": MSGS, "route": "summarize", "max_tokens": 500})
+    assert blocked.status_code == 402 and blocked.json()["code"] == "budget_exceeded"
+    assert client.post(
+        "/fluxgate/api/complete/", {}, content_type="application/json"
+    ).status_code in (
+        401,
+        403,
+    )
+
+
+def test_http_metrics_health_and_strategy(service, fake, client, api_key, django_user_model):
+    _, secret = api_key
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+    fake.enqueue(FakeReply(status=500))
+    for _ in range(3):
+        client.post(
+            "/fluxgate/api/complete/",
+            {"messages": MSGS, "route": "summarize"},
+            content_type="application/json",
+            **auth,
+        )
+    metrics = client.get("/fluxgate/api/metrics/?minutes=30", **auth).json()
+    rows = {(r["provider"], r["model"]): r for r in metrics["providers"]}
+    openai_row = rows[("openai", "gpt-4o-mini")]
+    assert (openai_row["requests"], openai_row["failures"]) == (3, 1)
+    assert openai_row["error_rate"] == round(1 / 3, 4)
+    assert rows[("anthropic", "claude-sonnet-4-6")]["requests"] == 1
+    assert openai_row["p95_latency_ms"] >= openai_row["p50_latency_ms"] > 0
+    assert client.get("/fluxgate/api/metrics/?minutes=0", **auth).status_code == 400
+
+    health = client.get("/fluxgate/api/health/", **auth).json()
+    assert health["circuits"]["openai/gpt-4o-mini"]["state"] == "closed"
+
+    # Only staff change strategies; the value is validated.
+    body = {"route": "summarize", "strategy": "cost"}
+    assert (
+        client.put("/fluxgate/api/config/strategy/", body, "application/json", **auth).status_code
+        == 403
+    )
+    staff = django_user_model.objects.create_user("ops", "ops@example.com", "pw", is_staff=True)
+    client.force_login(staff)
+    assert client.put("/fluxgate/api/config/strategy/", body, "application/json").status_code == 200
+    wrong = client.put(
+        "/fluxgate/api/config/strategy/",
+        {"route": "summarize", "strategy": "fastest"},
+        "application/json",
+    )
+    assert wrong.status_code == 400 and "strategy" in wrong.json()
+    assert client.get("/fluxgate/api/config/strategy/").json()["summarize"] == "cost"

@@ -1,14 +1,15 @@
 """URLs of the LLM-service endpoints, under ``fluxgate/api/``: ``complete/``, ``metrics/``,
-``config/strategy/`` and ``health/`` (see DESIGN.md, "Multi-provider service").
-
-Their views belong in their own module(s) of this package (e.g. ``service_views.py``),
-built on :class:`fluxgate_django.api.base.FluxGateAPIView` so they share the API's
-authentication (API key or session), renderers and OpenAPI schema. Name each URL; they are
-reversed as ``fluxgate:api:<name>``.
-"""
+``config/strategy/`` and ``health/`` (see DESIGN.md, "Multi-provider service")."""
 
 from __future__ import annotations
 
-from typing import Any
+from django.urls import path
 
-urlpatterns: list[Any] = []
+from . import service_views
+
+urlpatterns = [
+    path("complete/", service_views.CompleteView.as_view(), name="complete"),
+    path("metrics/", service_views.MetricsView.as_view(), name="metrics"),
+    path("config/strategy/", service_views.StrategyView.as_view(), name="strategy"),
+    path("health/", service_views.HealthView.as_view(), name="health"),
+]

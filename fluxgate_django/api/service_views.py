@@ -1,0 +1,181 @@
+"""The LLM service over HTTP: ``complete/``, ``metrics/``, ``config/strategy/``, ``health/``.
+
+``POST complete/`` runs :class:`~fluxgate_django.LLMService` for the requester's team
+(an API key's team, or a team the signed-in user belongs to), so budgets apply exactly
+as for in-process calls. A blocked call is 402 (``budget_exceeded``); no provider able
+to answer is 503 with the attempts; a request the provider rejected is 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers, status
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from ..conf import fluxgate_settings
+from ..exceptions import BudgetExceeded
+from ..service import STRATEGIES, AllProvidersFailed, LLMService, classify, set_strategy
+from ..service.metrics import provider_metrics
+from .base import FluxGateAPIView, fluxgate_schema
+from .permissions import api_key_of, is_staff, teams_for
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "user", "assistant"])
+    content = serializers.CharField(max_length=200_000, allow_blank=True, trim_whitespace=False)
+
+
+class CompleteSerializer(serializers.Serializer):
+    messages = MessageSerializer(many=True, allow_empty=False, max_length=500)
+    route = serializers.CharField(required=False, max_length=100)
+    model = serializers.CharField(required=False, max_length=200)
+    priority = serializers.ChoiceField(choices=["low", "medium", "high"], required=False)
+    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000)
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    cache_ttl = serializers.IntegerField(required=False, min_value=0, max_value=30 * 86400)
+    timeout = serializers.FloatField(required=False, min_value=0.1, max_value=600)
+    system = serializers.CharField(required=False, max_length=200_000, allow_blank=True)
+    documents = serializers.ListField(
+        child=serializers.CharField(max_length=1_000_000), required=False, max_length=20
+    )
+    team = serializers.SlugField(required=False, max_length=100)
+    feature = serializers.CharField(required=False, max_length=100)
+    step = serializers.CharField(required=False, max_length=200)
+    user = serializers.CharField(required=False, max_length=255, help_text="End-user id.")
+    session_id = serializers.CharField(required=False, max_length=255)
+    conversation_id = serializers.CharField(required=False, max_length=255)
+    metadata = serializers.DictField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        route, model = attrs.get("route"), attrs.get("model")
+        if not route and not model:
+            raise serializers.ValidationError({"route": "Give a route or a model."})
+        if route and route not in fluxgate_settings.ROUTES:
+            raise serializers.ValidationError(
+                {"route": f"Unknown route; known: {', '.join(sorted(fluxgate_settings.ROUTES))}"}
+            )
+        if not any(m["role"] == "user" for m in attrs["messages"]):
+            raise serializers.ValidationError({"messages": "Need at least one user message."})
+        return attrs
+
+
+class StrategySerializer(serializers.Serializer):
+    route = serializers.CharField(max_length=100)
+    strategy = serializers.ChoiceField(choices=list(STRATEGIES))
+
+    def validate_route(self, value: str) -> str:
+        if value not in fluxgate_settings.ROUTES:
+            raise serializers.ValidationError("Unknown route.")
+        return value
+
+
+class IsStaffUser(BasePermission):
+    message = "Only staff can change routing strategies."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return is_staff(request)
+
+
+def _team_for(request: Request, slug: str | None) -> Any:
+    key = api_key_of(request)
+    if key is not None:
+        if slug and slug != key.team.slug:
+            raise PermissionDenied("An API key calls for its own team only.")
+        return key.team
+    teams = teams_for(request)
+    if slug:
+        team = teams.filter(slug=slug).first()
+        if team is None:
+            raise PermissionDenied("You are not a member of that team.")
+        return team
+    return teams.order_by("name").first() if not is_staff(request) else None
+
+
+class CompleteView(FluxGateAPIView):
+    @fluxgate_schema(request=CompleteSerializer, responses={200: dict}, operation_id="complete")
+    def post(self, request: Request) -> Response:
+        data = CompleteSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        params = dict(data.validated_data)
+        team = _team_for(request, params.pop("team", None))
+        end_user = params.pop("user", None)
+        user_ctx: Any = {"id": end_user} if end_user else None
+        if user_ctx is None and api_key_of(request) is None:
+            user_ctx = {"id": str(request.user.pk), "pk": request.user.pk}
+        messages = params.pop("messages")
+        try:
+            answer = LLMService().complete(messages, team=team, user=user_ctx, **params)
+        except BudgetExceeded as exc:
+            return Response(
+                {"detail": str(exc), "code": "budget_exceeded"},
+                status=status.HTTP_402_PAYMENT_REQUIRED,
+            )
+        except AllProvidersFailed as exc:
+            return Response(
+                {
+                    "detail": str(exc),
+                    "code": "providers_unavailable",
+                    "attempts": [
+                        {"provider": a.provider, "model": a.model, "outcome": a.outcome}
+                        for a in exc.attempts
+                    ],
+                },
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        except Exception as exc:
+            if classify(exc) == "fatal" and getattr(exc, "status_code", None):
+                return Response(
+                    {"detail": str(exc)[:500], "code": "provider_rejected_request"},
+                    status=status.HTTP_400_BAD_REQUEST,
+                )
+            raise
+        return Response(answer.to_json())
+
+
+class MetricsView(FluxGateAPIView):
+    @fluxgate_schema(responses={200: dict}, operation_id="metrics")
+    def get(self, request: Request) -> Response:
+        try:
+            minutes = int(request.query_params.get("minutes", 60))
+        except ValueError:
+            minutes = 0
+        if not 1 <= minutes <= 7 * 24 * 60:
+            return Response(
+                {"minutes": ["A whole number of minutes from 1 to 10080."]},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        teams = None if is_staff(request) else list(teams_for(request).values_list("id", flat=True))
+        rows = provider_metrics(minutes, teams=teams)
+        for row in rows:
+            row["cost_usd"] = str(row["cost_usd"])
+            row["saved_usd"] = str(row["saved_usd"])
+        return Response({"window_minutes": minutes, "providers": rows})
+
+
+class StrategyView(FluxGateAPIView):
+    permission_classes = [IsStaffUser]
+
+    @fluxgate_schema(responses={200: dict}, operation_id="strategy_list")
+    def get(self, request: Request) -> Response:
+        from ..service import strategy_for
+
+        return Response({route: strategy_for(route) for route in fluxgate_settings.ROUTES})
+
+    @fluxgate_schema(request=StrategySerializer, responses={200: dict}, operation_id="strategy")
+    def put(self, request: Request) -> Response:
+        data = StrategySerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        set_strategy(data.validated_data["route"], data.validated_data["strategy"])
+        return Response(data.validated_data)
+
+
+class HealthView(FluxGateAPIView):
+    @fluxgate_schema(responses={200: dict}, operation_id="health")
+    def get(self, request: Request) -> Response:
+        circuits = LLMService().health()
+        healthy = all(c["state"] != "open" for c in circuits.values())
+        return Response({"status": "ok" if healthy else "degraded", "circuits": circuits})
