@@ -143,6 +143,10 @@ def _display(row: queries.BreakdownRow, url: str | None = None) -> dict[str, Any
         "fallback_rate": export.percent(row.fallback_rate),
         "cache_hit_rate": export.percent(row.cache_hit_rate),
         "saved": export.usd(row.cost_saved_usd),
+        "tokens": f"{export.count(row.input_tokens)} / {export.count(row.output_tokens)}",
+        "cache_tokens": (
+            f"{export.count(row.cache_read_tokens)} / {export.count(row.cache_write_tokens)}"
+        ),
     }
 
 
@@ -252,6 +256,7 @@ class CostReportAdmin(admin.ModelAdmin):
                 query, team=None, feature=None, provider=None, model=None, compare=None
             ),
             "choices": choices,
+            "compare_size": min(max(len(choices["feature"]), 2), 8),
             "filter_menus": [
                 (
                     name,

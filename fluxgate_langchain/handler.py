@@ -138,13 +138,15 @@ class FluxGateHandler(BaseCallbackHandler):
         base_url: str | None = None,
         max_runs: int = 10_000,
     ) -> None:
-        self.feature = feature
-        self.user = user
-        self.team = team
-        self.session_id = session_id
-        self.conversation_id = conversation_id
-        self.metadata = dict(metadata or {})
-        self.tags = list(tags or ())
+        self._fields: dict[str, Any] = {
+            "feature": feature,
+            "user": user,
+            "team": team,
+            "session_id": session_id,
+            "conversation_id": conversation_id,
+            "metadata": dict(metadata) if metadata else None,
+            "tags": list(tags) if tags else None,
+        }
         self.enforce_budgets = enforce_budgets
         if api_key or base_url:
             remote_settings(api_key, base_url)  # fail now, not at the first event
@@ -306,15 +308,7 @@ class FluxGateHandler(BaseCallbackHandler):
 
         bound = self._bound
         if bound is None:
-            bound = self._bound = EMPTY_CONTEXT.merge(
-                feature=self.feature,
-                user=self.user,
-                team=self.team,
-                session_id=self.session_id,
-                conversation_id=self.conversation_id,
-                metadata=self.metadata or None,
-                tags=self.tags or None,
-            )
+            bound = self._bound = EMPTY_CONTEXT.merge(**self._fields)
         ctx = current_context().overlay(bound)
         fields: dict[str, Any] = {}
         for key, field in METADATA_KEYS.items():

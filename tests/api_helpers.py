@@ -28,8 +28,8 @@ def user_client(user: Any, **options: Any) -> Client:
     return client
 
 
-def post_json(client: Client, path: str, data: Any, **extra: Any) -> Any:
-    return client.post(path, data, content_type="application/json", **extra)
+def post_json(client: Client, path: str, data: Any = None, **extra: Any) -> Any:
+    return client.post(path, {} if data is None else data, content_type="application/json", **extra)
 
 
 def patch_json(client: Client, path: str, data: Any, **extra: Any) -> Any:

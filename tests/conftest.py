@@ -72,9 +72,13 @@ def _clear_cache():
     """Rate counters, breakers and blocks live in the cache: start every test clean."""
     from django.core.cache import cache
 
+    from fluxgate_django.service.routing import forget_local_state
+
     cache.clear()
+    forget_local_state()
     yield
     cache.clear()
+    forget_local_state()
 
 
 @pytest.fixture(autouse=True)

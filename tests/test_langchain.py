@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from decimal import Decimal
 
 import anthropic
@@ -377,12 +378,12 @@ def test_ambient_team_is_used_when_the_handler_sets_none(chat_openai, fake, djan
 def test_step_is_the_enclosing_chain_and_run_ids_are_stored(chat_openai, fake):
     prompt = ChatPromptTemplate.from_messages([("user", "Summarise {text}")])
     chain = (prompt | chat_openai).with_config(run_name="summarize")
-    ids = {}
+    chain_run_id = uuid.uuid4()
     handler = FluxGateHandler(feature="docs")
-    chain.invoke({"text": "the design"}, config={"callbacks": [handler], "run_id": _uuid(ids)})
+    chain.invoke({"text": "the design"}, config={"callbacks": [handler], "run_id": chain_run_id})
     event = only_event()
     assert event.step == "summarize"
-    assert event.parent_run_id == str(ids["run_id"])
+    assert event.parent_run_id == str(chain_run_id)
     assert event.run_id and event.run_id != event.parent_run_id
     assert handler.runs_in_flight == 0 and len(handler._chains) == 0
 
@@ -390,13 +391,6 @@ def test_step_is_the_enclosing_chain_and_run_ids_are_stored(chat_openai, fake):
     with tracking_context(step="ambient-step"):
         chat_openai.invoke("hi", config={"callbacks": [handler]})
     assert only_event().step == "ambient-step"  # no enclosing chain
-
-
-def _uuid(ids):
-    import uuid
-
-    ids["run_id"] = uuid.uuid4()
-    return ids["run_id"]
 
 
 @pytest.mark.django_db(transaction=True)  # events are written from LangChain's worker threads

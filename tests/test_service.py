@@ -160,8 +160,8 @@ def test_half_open_probe_failure_reopens(service, fake, monkeypatch):
 
     real_time = breaker_module.time.time
     monkeypatch.setattr(breaker_module.time, "time", lambda: real_time() + 301)
-    assert breaker.allow("openai/gpt-4o-mini") is True  # the one probe
-    assert breaker.allow("openai/gpt-4o-mini") is False  # others wait for it
+    assert breaker.allow("openai/gpt-4o-mini") == "probe"  # the one probe
+    assert breaker.allow("openai/gpt-4o-mini") is None  # others wait for it
     breaker.record_failure("openai/gpt-4o-mini")
     assert breaker.state("openai/gpt-4o-mini") == "open"
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from django.apps import apps
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -137,6 +138,16 @@ class FluxGateViewSetMixin:
 
     def get_renderers(self) -> list[Any]:
         return [renderer() for renderer in renderer_classes()]
+
+    def handle_exception(self, exc: Exception) -> Any:
+        if isinstance(exc, RequestDataTooBig):
+            # DRF reads request.body (Django's size check) before our parser: answer the
+            # same JSON 413 as the parser does, not Django's HTML 400.
+            exc = RequestTooLarge(
+                "Request body larger than DATA_UPLOAD_MAX_MEMORY_SIZE; send fewer events "
+                "per batch."
+            )
+        return super().handle_exception(exc)  # type: ignore[misc]
 
 
 class FluxGateAPIView(FluxGateViewSetMixin, APIView):

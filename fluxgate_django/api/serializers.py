@@ -43,8 +43,9 @@ class DateOrDateTimeField(serializers.Field):
         if not isinstance(data, str) or len(data) > 64:
             self.fail("invalid")
         try:
-            moment = parse_datetime(data)
-            day = None if moment is not None else parse_date(data)
+            # A date first: parse_datetime() takes "2025-01-31" as that day's midnight.
+            day = parse_date(data)
+            moment = None if day is not None else parse_datetime(data)
         except ValueError:
             self.fail("invalid")
         tz = timezone.get_current_timezone()

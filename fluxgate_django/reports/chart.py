@@ -44,6 +44,17 @@ def nice_ceiling(value: float) -> tuple[float, float]:
     return step * math.ceil(value / step - 1e-9), step
 
 
+def axis_label(value: float, step: float) -> str:
+    """``$0.20``, ``$1.25``, ``$1,500``: as many decimals as the tick step needs (>= 2
+    below $1,000)."""
+    decimals = 0
+    while decimals < 10 and abs(step * 10**decimals - round(step * 10**decimals)) > 1e-9:
+        decimals += 1
+    if value < 1000:
+        decimals = max(decimals, 2)
+    return f"${value:,.{decimals}f}"
+
+
 def series_colour(index: int, key: str) -> str:
     return OTHER_COLOUR if key == "__other__" else PALETTE[index % len(PALETTE)]
 
@@ -67,7 +78,8 @@ def stacked_bar_chart(ts: Timeseries, *, width: int = 1080, height: int = 320) -
 
     parts = [
         f'<svg class="fg-chart" xmlns="http://www.w3.org/2000/svg" role="img" '
-        f'width="{width}" height="{total_height}" viewBox="0 0 {width} {total_height}" '
+        f'width="100%" viewBox="0 0 {width} {total_height}" '
+        f'style="max-width: {width}px; height: auto; display: block" '
         f'data-days="{days}" data-series="{len(ts.series)}" '
         f'aria-label="Daily cost by {escape(ts.by)}" '
         f'font-family="-apple-system, Segoe UI, Roboto, sans-serif" font-size="11">',
@@ -82,7 +94,7 @@ def stacked_bar_chart(ts: Timeseries, *, width: int = 1080, height: int = 320) -
             f'<line x1="{left}" x2="{width - right}" y1="{ty:.1f}" y2="{ty:.1f}" '
             f'stroke="{"#999" if i == 0 else "#e4e4e4"}" stroke-width="1"/>'
             f'<text x="{left - 6}" y="{ty + 4:.1f}" text-anchor="end" fill="#555">'
-            f"{escape(usd(Decimal(str(round(value, 10)))))}</text>"
+            f"{axis_label(value, step)}</text>"
         )
     # Bars, series by series (the first series at the bottom).
     base = [0.0] * days

@@ -39,20 +39,22 @@ class CircuitBreaker:
             return CLOSED
         return OPEN if time.time() < opened + self.cooldown else HALF_OPEN
 
-    def allow(self, name: str) -> bool:
-        """May a call go to ``name`` now? In half-open state only one probe is let through."""
+    def allow(self, name: str) -> str | None:
+        """May a call go to ``name`` now? None if not; else ``"closed"``, or ``"probe"`` for
+        the one call let through a half-open circuit (across all processes)."""
         state = self.state(name)
         if state == CLOSED:
-            return True
+            return CLOSED
         if state == OPEN:
-            return False
+            return None
         _, _, probe_key = self._keys(name)
-        return bool(self.cache.add(probe_key, 1, max(int(self.cooldown), 1)))
+        return "probe" if self.cache.add(probe_key, 1, max(int(self.cooldown), 1)) else None
 
-    def record_success(self, name: str) -> None:
-        failures_key, opened_key, probe_key = self._keys(name)
-        if self.cache.get(opened_key) is not None or self.cache.get(failures_key):
-            self.cache.delete_many([failures_key, opened_key, probe_key])
+    def record_success(self, name: str, *, probe: bool = True) -> None:
+        """A call succeeded. Failures are counted per window, so only a successful probe
+        changes anything: it closes the circuit (``probe=False`` costs no cache access)."""
+        if probe:
+            self.cache.delete_many(list(self._keys(name)))
 
     def record_failure(self, name: str) -> None:
         failures_key, opened_key, probe_key = self._keys(name)

@@ -124,13 +124,14 @@ class _Run:
         self.deadline = self.started + float(deadline) if deadline else None
         ttl = fluxgate_settings.RESPONSE_CACHE.get("ttl", 0) if cache_ttl is None else cache_ttl
         self.cache_ttl = int(ttl or 0)
-        self.cache_key = request.cache_key(f"model:{model}" if model else f"route:{route}")
+        self.target = f"model:{model}" if model else f"route:{route}"
         self.candidates = routing.order_models(route, model, request, priority=priority)
         self.conversation_id = context.get("conversation_id") or (current_context().conversation_id)
         self._stick_to_first_provider()
         self.attempts: list[Attempt] = []
         self.last_error: Exception | None = None
         self.min_window: int | None = None
+        self.probing = False
         self.index = 0
 
     # -- before any provider call ----------------------------------------------------
@@ -141,6 +142,7 @@ class _Run:
     def cached(self) -> Completion | None:
         if self.cache_ttl <= 0:
             return None
+        self.cache_key = self.request.cache_key(self.target)
         hit = self.service.response_cache.get(self.cache_key)
         if hit is None:
             return None
@@ -168,9 +170,11 @@ class _Run:
                     self.attempts.append(Attempt(ref.provider, ref.model, "skipped-small-window"))
                     continue
             is_last = self.index == len(self.candidates)
-            if not breaker.allow(str(ref)) and not (is_last and not self._any_tried()):
+            allowed = breaker.allow(str(ref))
+            if allowed is None and not (is_last and not self._any_tried()):
                 self.attempts.append(Attempt(ref.provider, ref.model, "skipped-open-circuit"))
                 continue
+            self.probing = allowed != "closed"
             if self.deadline is not None and time.perf_counter() >= self.deadline:
                 self.attempts.append(Attempt(ref.provider, ref.model, "skipped-deadline"))
                 continue
@@ -252,7 +256,7 @@ class _Run:
             finish_reason=finish,
         )
         with capture_internal_exceptions("service bookkeeping"):
-            self.service.breaker.record_success(str(ref))
+            self.service.breaker.record_success(str(ref), probe=self.probing)
             routing.record_latency(ref, latency)
             cache = self.service.response_cache
             if self.cache_ttl > 0 and finish in ("stop", "end_turn", "STOP", "FinishReason.STOP"):
@@ -441,7 +445,7 @@ class LLMService:
                 yield from chunks
             run.attempts.append(Attempt(ref.provider, ref.model, "success"))
             with capture_internal_exceptions("service bookkeeping"):
-                self.breaker.record_success(str(ref))
+                self.breaker.record_success(str(ref), probe=run.probing)
             return
         raise run.exhausted()
 
@@ -468,7 +472,7 @@ class LLMService:
                     yield text
             run.attempts.append(Attempt(ref.provider, ref.model, "success"))
             with capture_internal_exceptions("service bookkeeping"):
-                self.breaker.record_success(str(ref))
+                self.breaker.record_success(str(ref), probe=run.probing)
             return
         raise run.exhausted()
 

@@ -3,6 +3,8 @@
 Strategies (per route in ``FLUXGATE["ROUTES"]``, or changed at run time through
 ``PUT fluxgate/api/config/strategy/``, stored in the cache so every process sees it):
 
+Other processes see a run-time change within ``STRATEGY_REFRESH_SECONDS`` (2 s).
+
 * ``ordered`` — the route's models as listed.
 * ``cost`` — cheapest estimated cost *for this request* first (its prompt size and
   ``max_tokens`` priced at each model's rates; unpriced models last).
@@ -19,11 +21,13 @@ Strategies (per route in ``FLUXGATE["ROUTES"]``, or changed at run time through
 from __future__ import annotations
 
 import statistics
+import threading
+import time
 from typing import Any
 
 from django.core.cache import caches
 
-from ..conf import fluxgate_settings
+from ..conf import fluxgate_settings, on_reload
 from ..model_refs import ModelRef, resolve_model
 from .types import ServiceRequest
 
@@ -42,9 +46,31 @@ def route_config(route: str) -> dict[str, Any]:
     return routes[route]
 
 
+_route_models: dict[str, list[ModelRef]] = {}
+on_reload(_route_models.clear)
+
+
+def route_models(route: str) -> list[ModelRef]:
+    """The route's models, resolved once per process (and again after a settings change)."""
+    refs = _route_models.get(route)
+    if refs is None:
+        refs = _route_models[route] = [resolve_model(r) for r in route_config(route)["models"]]
+    return list(refs)
+
+
+#: Run-time strategy changes are read from the shared cache at most this often.
+STRATEGY_REFRESH_SECONDS = 2.0
+_strategies: dict[str, tuple[float, str | None]] = {}
+on_reload(_strategies.clear)
+
+
 def strategy_for(route: str) -> str:
-    override = _cache().get(f"fluxgate:strategy:{route}")
-    return override or route_config(route).get("strategy", "ordered")
+    cached = _strategies.get(route)
+    now = time.monotonic()
+    if cached is None or cached[0] < now:
+        cached = (now + STRATEGY_REFRESH_SECONDS, _cache().get(f"fluxgate:strategy:{route}"))
+        _strategies[route] = cached
+    return cached[1] or route_config(route).get("strategy", "ordered")
 
 
 def set_strategy(route: str, strategy: str) -> None:
@@ -54,6 +80,7 @@ def set_strategy(route: str, strategy: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     _cache().set(f"fluxgate:strategy:{route}", strategy, None)
+    _strategies[route] = (time.monotonic() + STRATEGY_REFRESH_SECONDS, strategy)
 
 
 def estimated_cost(ref: ModelRef, request: ServiceRequest) -> Any:
@@ -63,16 +90,61 @@ def estimated_cost(ref: ModelRef, request: ServiceRequest) -> Any:
     return estimate_cost(ref.provider, ref.model, request.prompt_chars, output)
 
 
+class _LatencyBuffer:
+    """Latency samples are gathered in-process and merged into the shared cache every
+    ``FLUSH_EVERY`` samples or ``FLUSH_SECONDS``, so a call pays no cache round trip."""
+
+    FLUSH_EVERY = 10
+    FLUSH_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[float]] = {}
+        self.flushed_at = time.monotonic()
+        self.lock = threading.Lock()
+
+    def add(self, ref: ModelRef, latency_ms: float) -> None:
+        with self.lock:
+            samples = self.pending.setdefault(str(ref), [])
+            samples.append(round(latency_ms, 1))
+            due = (
+                len(samples) >= self.FLUSH_EVERY
+                or time.monotonic() - self.flushed_at > self.FLUSH_SECONDS
+            )
+            if not due:
+                return
+            pending, self.pending = self.pending, {}
+            self.flushed_at = time.monotonic()
+        self.merge(pending)
+
+    def merge(self, pending: dict[str, list[float]]) -> None:
+        cache = _cache()
+        for name, samples in pending.items():
+            key = f"fluxgate:latency:{name}"
+            cache.set(key, ((cache.get(key) or []) + samples)[-_SAMPLES:], 3600)
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        self.merge(pending)
+
+
+latency_buffer = _LatencyBuffer()
+
+
+def forget_local_state() -> None:
+    """Drop this process's copies of shared routing state (after clearing the cache)."""
+    _strategies.clear()
+    latency_buffer.pending.clear()
+
+
 def record_latency(ref: ModelRef, latency_ms: float) -> None:
-    cache = _cache()
-    key = f"fluxgate:latency:{ref}"
-    samples = cache.get(key) or []
-    samples.append(round(latency_ms, 1))
-    cache.set(key, samples[-_SAMPLES:], 3600)
+    latency_buffer.add(ref, latency_ms)
 
 
 def recent_p95(ref: ModelRef) -> float | None:
-    samples = _cache().get(f"fluxgate:latency:{ref}") or []
+    samples = (_cache().get(f"fluxgate:latency:{ref}") or []) + latency_buffer.pending.get(
+        str(ref), []
+    )
     if len(samples) < 2:
         return samples[0] if samples else None
     return statistics.quantiles(samples, n=20)[-1]
@@ -91,7 +163,7 @@ def order_models(
     if not route:
         raise ValueError("Pass route= (a FLUXGATE['ROUTES'] name) or model=")
     config = route_config(route)
-    refs = [resolve_model(ref) for ref in config["models"]]
+    refs = route_models(route)
     strategy = strategy_for(route)
     if strategy == "cost":
         return _by_cost(refs, request)
