@@ -15,3 +15,10 @@ class FluxGateConfig(AppConfig):
 
         pricing.connect_signals()
         budgets.connect_signals()
+        try:
+            import celery  # noqa: F401
+        except ImportError:
+            return
+        from . import celery_support
+
+        celery_support.connect_signals()

@@ -70,6 +70,17 @@ def _check_recorder() -> list[Any]:
         return [_error(f"Unknown FluxGate recorder {name!r}.", "fluxgate.E002", hint)]
     if not (isinstance(cls, type) and issubclass(cls, BaseRecorder)):
         return [_error(f"FluxGate recorder {name!r} is not a BaseRecorder.", "fluxgate.E002")]
+    if name == "celery":
+        try:
+            import celery  # noqa: F401
+        except ImportError:
+            return [
+                _error(
+                    "The 'celery' recorder needs Celery installed.",
+                    "fluxgate.E002",
+                    "pip install 'django-fluxgate[celery]' and configure a Celery app.",
+                )
+            ]
     return []
 
 

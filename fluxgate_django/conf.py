@@ -65,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
         "block_minutes": 0,
         "cache_alias": "default",
     },
+    # Delete events older than this many days (periodic task; rollups are kept). None: never.
+    "RETENTION_DAYS": None,
     # Budget alert e-mails: sender (None: DEFAULT_FROM_EMAIL) and webhook timeout.
     "ALERT_FROM_EMAIL": None,
     "ALERT_WEBHOOK_TIMEOUT": 5,

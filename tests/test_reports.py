@@ -4,6 +4,7 @@ rebuild from events, and a breakdown computed by hand."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import random
 import uuid
@@ -207,7 +208,7 @@ def test_bucket_edges_are_log_scale_from_8_ms_to_131_s():
     assert bucket_of(0.0) == bucket_of(-1.0) == bucket_of(7.99) == 0
     assert bucket_of(8.0) == 1  # lower edges are inclusive
     assert bucket_of(1e9) == BUCKET_COUNT - 1
-    ratios = {round(b / a, 9) for a, b in zip(EDGES_MS, EDGES_MS[1:], strict=False)}
+    ratios = {round(b / a, 9) for a, b in itertools.pairwise(EDGES_MS)}
     assert ratios == {round(2 ** (1 / 3), 9)}
 
 

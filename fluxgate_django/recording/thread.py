@@ -118,11 +118,15 @@ class ThreadRecorder(BaseRecorder):
         if not batch:
             return
         try:
-            write_events(batch)
+            self.persist(batch)
         except Exception as exc:
             # Never let the writer thread die; under RAISE_ERRORS the next flush() raises.
             logger.exception("FluxGate could not write %d events", len(batch))
             self._errors.append(exc)
+
+    def persist(self, batch: list[EventRecord]) -> None:
+        """Store one batch (here: write it to the database; the Celery recorder sends it)."""
+        write_events(batch)
 
     # -- process lifecycle -------------------------------------------------------------
 
