@@ -27,6 +27,9 @@ logger = logging.getLogger("fluxgate.pricing")
 
 MTOK = Decimal(1_000_000)
 
+#: Tiers that are the standard price (OpenAI "default"/"auto", Anthropic "standard").
+_STANDARD_TIERS = frozenset({"default", "auto", "standard"})
+
 #: Our provider names → genai-prices provider ids.
 GENAI_PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
 
@@ -110,7 +113,7 @@ class PriceBook:
     """Per-process price lookups: genai-prices data plus ``ModelPrice`` overrides."""
 
     def __init__(self) -> None:
-        self._genai: dict[tuple[str, str], tuple[dt.date, PriceSource | None]] = {}
+        self._genai: dict[tuple[str, str, str], tuple[dt.date, PriceSource | None]] = {}
         self._overrides: dict[tuple[str, str], Rates] = {}
         self._overrides_loaded_at: float | None = None
         self._loading = threading.Lock()
@@ -136,43 +139,52 @@ class PriceBook:
     ) -> Cost:
         """Cost of ``usage`` for the first of ``models`` (served, then requested) with a price."""
         source: PriceSource | None = None
+        priced_model = ""
         for model in models:
             if model:
                 source = self.price_source(provider, model)
                 if source is not None:
+                    priced_model = model
                     break
         if source is None:
             self._warn_unknown(provider, next((m for m in models if m), ""))
             return Cost(None, "unknown")
-        usd = source.cost(usage)
+        factor = Decimal(1)
         label = source.source
+        if service_tier and service_tier not in _STANDARD_TIERS:
+            tier_source = None
+            if source.source == "genai-prices":
+                tier_source = self._genai_price(provider, priced_model, service_tier)
+            if tier_source is not None and tier_source != source:
+                # genai-prices knows this tier's own prices (priority, flex of o-models...).
+                source = tier_source
+                label = f"{source.source}+{service_tier}"
+            else:
+                multiplier = fluxgate_settings.SERVICE_TIER_MULTIPLIERS.get(service_tier)
+                if multiplier is not None:
+                    factor = Decimal(str(multiplier))
+                    label = f"{label}+{service_tier}"
+        usd = source.cost(usage) * factor
         saved = None
         if usage.cache_read_tokens:
             uncached = dataclasses.replace(usage, cache_read_tokens=0)
-            saved = source.cost(uncached) - usd
-        if service_tier:
-            multiplier = fluxgate_settings.SERVICE_TIER_MULTIPLIERS.get(service_tier)
-            if multiplier is not None:
-                factor = Decimal(str(multiplier))
-                usd = usd * factor
-                saved = None if saved is None else saved * factor
-                label = f"{label}+{service_tier}"
+            saved = source.cost(uncached) * factor - usd
         return Cost(usd, label, saved)
 
     # -- genai-prices ------------------------------------------------------------------
 
-    def _genai_price(self, provider: str, model: str) -> PriceSource | None:
+    def _genai_price(self, provider: str, model: str, tier: str = "") -> PriceSource | None:
         today = dt.date.today()
-        key = (provider, model)
+        key = (provider, model, tier)
         cached = self._genai.get(key)
         if cached is not None and cached[0] == today:
             return cached[1]
-        source = self._lookup_genai(provider, model)
+        source = self._lookup_genai(provider, model, tier)
         self._genai[key] = (today, source)
         return source
 
     @staticmethod
-    def _lookup_genai(provider: str, model: str) -> PriceSource | None:
+    def _lookup_genai(provider: str, model: str, tier: str = "") -> PriceSource | None:
         from genai_prices import Usage as GenaiUsage
         from genai_prices import calc_price
         from genai_prices.types import TieredPrices
@@ -180,7 +192,10 @@ class PriceBook:
         provider_id = GENAI_PROVIDER_IDS.get(provider, provider)
         try:
             calc = calc_price(
-                GenaiUsage(input_tokens=0, output_tokens=0), model, provider_id=provider_id
+                GenaiUsage(input_tokens=0, output_tokens=0),
+                model,
+                provider_id=provider_id,
+                price_context={"service_tier": tier} if tier else None,
             )
         except LookupError:
             return None

@@ -14,7 +14,8 @@ from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from django.middleware.csrf import _get_new_csrf_string
 from django.test import Client
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from tests.api_helpers import API, make_budget, make_event, make_world
@@ -84,18 +85,6 @@ def wsgi_app():
         request_finished.connect(close_old_connections)
 
 
-@pytest.fixture
-def api_schema(db, wsgi_app):
-    world = make_world()
-    make_event(world.team_a)
-    make_budget(world.team_a)
-    schema = schemathesis.openapi.from_wsgi(f"{SCHEMA}?format=json", wsgi_app)
-    schema.world = world  # type: ignore[attr-defined]
-    return schema
-
-
-lazy_schema = schemathesis.pytest.from_fixture("api_schema")
-
 EXAMPLES = settings(
     max_examples=30,
     deadline=None,
@@ -104,27 +93,51 @@ EXAMPLES = settings(
 )
 
 
-def _check(case, **call) -> None:
-    response = case.call(**call)
-    case.validate_response(response, checks=[not_a_server_error])
-    if 200 <= response.status_code < 300:
-        case.validate_response(response, checks=[response_schema_conformance])
-
-
-@lazy_schema.parametrize()
-@EXAMPLES
-def test_no_5xx_with_a_team_api_key(case, api_schema):
-    _check(case, headers={"Authorization": f"Bearer {api_schema.world.secret_a}"})
-
-
-@lazy_schema.parametrize()
-@EXAMPLES
-def test_no_5xx_as_a_signed_in_staff_user(case, api_schema):
+def _auth(world, who: str) -> dict:
+    """``case.call()`` arguments authenticating as ``who``."""
+    if who == "key":
+        return {"headers": {"Authorization": f"Bearer {world.secret_a}"}}
     client = Client()
-    client.force_login(api_schema.world.staff)
+    client.force_login(world.staff)
     token = _get_new_csrf_string()
-    cookies = {
-        django_settings.SESSION_COOKIE_NAME: client.cookies[django_settings.SESSION_COOKIE_NAME].value,
-        django_settings.CSRF_COOKIE_NAME: token,
+    session = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    return {
+        "cookies": {
+            django_settings.SESSION_COOKIE_NAME: session,
+            django_settings.CSRF_COOKIE_NAME: token,
+        },
+        "headers": {"X-CSRFToken": token},
     }
-    _check(case, cookies=cookies, headers={"X-CSRFToken": token})
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+@pytest.mark.parametrize("who", ["key", "staff"])
+def test_generated_requests_never_get_a_5xx(wsgi_app, who, mode):
+    """Up to 30 generated requests per operation (valid ones, then invalid ones), as team
+    A's key and as staff: no 5xx; 2xx responses conform to the schema."""
+    world = make_world()
+    make_event(world.team_a)
+    make_budget(world.team_a)
+    schema = schemathesis.openapi.from_wsgi(f"{SCHEMA}?format=json", wsgi_app)
+    auth = _auth(world, who)
+    failures = {}
+    operations = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+
+        @EXAMPLES
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def run(case):
+            response = case.call(**auth)
+            case.validate_response(response, checks=[not_a_server_error])
+            if 200 <= response.status_code < 300:
+                case.validate_response(response, checks=[response_schema_conformance])
+
+        try:
+            run()
+        except Exception as exc:  # collect every operation's failure, then report them all
+            failures[operation.label] = exc
+    assert operations >= sum(len(methods) for methods in ENDPOINTS.values())
+    assert not failures, "\n\n".join(f"{label}: {exc}" for label, exc in failures.items())

@@ -482,3 +482,18 @@ def test_pricing_needs_no_network(openai, fake, monkeypatch):
     assert resp.fluxgate.cost == Decimal("0.00725")
 
     assert attempts == []
+
+
+def test_tier_prices_known_to_genai_prices_are_used_before_multipliers():
+    # genai-prices has OpenAI's priority tier for gpt-4o (1.7x) and flex for o4-mini.
+    priority = calculate_cost("openai", "gpt-4o", REFERENCE_USAGE, service_tier="priority")
+    assert priority == Cost(Decimal("0.012325"), "genai-prices+priority")
+    usage = Usage(input_tokens=1000, output_tokens=500)
+    standard = calculate_cost("openai", "o4-mini", usage)
+    flex = calculate_cost("openai", "o4-mini", usage, service_tier="flex")
+    assert flex.usd == standard.usd / 2 and flex.source == "genai-prices+flex"
+    # The standard tier names change nothing.
+    for tier in ("default", "auto", "standard"):
+        assert calculate_cost("openai", "gpt-4o", REFERENCE_USAGE, service_tier=tier) == Cost(
+            Decimal("0.00725"), "genai-prices"
+        )
