@@ -63,11 +63,16 @@ def build_record(
     error_type: str = "",
     content: Any = None,
     extra_metadata: dict[str, Any] | None = None,
+    attempt: ServiceAttempt | None = None,
 ) -> EventRecord:
-    """Price one observed call and turn it into an ``EventRecord``."""
+    """Price one observed call and turn it into an ``EventRecord``.
+
+    ``attempt`` is the LLM-service attempt the call belongs to (default: the current one).
+    """
     usage = usage or Usage()
     saved = None
-    attempt = service_attempt.get()
+    if attempt is None:
+        attempt = service_attempt.get()
     if attempt is not None:
         source = attempt.source
     service_tier = ctx.service_tier or info.service_tier

@@ -314,6 +314,13 @@ def test_stream_falls_back_before_the_first_token(service, fake):
     fake.enqueue(FakeReply(status=503))
     assert "".join(service.stream(MSGS, route="summarize")) == "Hello from the fake provider."
     assert served_models(fake) == ["gpt-4o-mini", "claude-sonnet-4-6"]
+    # The streamed attempt's event is recorded when the stream ends, outside the attempt:
+    # it still carries its attempt number.
+    events = Event.objects.order_by("fallback_attempt")
+    assert [(e.status, e.source, e.fallback_attempt, e.streamed) for e in events] == [
+        ("ERROR", "service", 0, True),
+        ("SUCCESS", "service", 1, True),
+    ]
 
 
 def test_runaway_loop_through_the_service_stops_at_the_budget(service, fake):

@@ -191,15 +191,9 @@ class _Run:
             timeout = min(timeout, remaining) if timeout else remaining
         return timeout
 
-    @contextlib.contextmanager
-    def attempt(self, ref: ModelRef) -> Iterator[None]:
-        """Attribution for one attempt's event: the caller's context and its index."""
-        token = service_attempt.set(ServiceAttempt(Source.SERVICE, len(self._tried())))
-        try:
-            with self.scope():
-                yield
-        finally:
-            service_attempt.reset(token)
+    def next_step(self, *, asynchronous: bool = False) -> _Step | None:
+        ref = self.next_attempt()
+        return None if ref is None else _Step(self, ref, asynchronous=asynchronous)
 
     def _tried(self) -> list[Attempt]:
         return [a for a in self.attempts if not a.outcome.startswith("skipped")]
@@ -228,10 +222,10 @@ class _Run:
             return True
         return False
 
-    def succeeded(self, ref: ModelRef, response: Any, started: float) -> Completion:
-        latency = (time.perf_counter() - started) * 1000
-        kind = providers.provider_kind(ref.provider)
-        text, finish, usage, served = providers.read_answer(kind, response)
+    def succeeded(self, step: _Step) -> Completion:
+        ref, response = step.ref, step.response
+        latency = (time.perf_counter() - step.started) * 1000
+        text, finish, usage, served = providers.read_answer(step.kind, response)
         result = getattr(response, "fluxgate", None)
         self.attempts.append(
             Attempt(
@@ -264,6 +258,11 @@ class _Run:
             if self.conversation_id:
                 cache.set(f"fluxgate:sticky:{self.conversation_id}", ref.provider, 24 * 3600)
         return completion
+
+    def streamed(self, step: _Step) -> None:
+        self.attempts.append(Attempt(step.ref.provider, step.ref.model, "success"))
+        with capture_internal_exceptions("service bookkeeping"):
+            self.service.breaker.record_success(str(step.ref), probe=self.probing)
 
     def exhausted(self) -> Exception:
         if self.last_error is not None and not any(
@@ -311,6 +310,46 @@ class _Run:
             tracking_id=record.tracking_id,
             finish_reason=hit.get("finish_reason", ""),
         )
+
+
+class _Step:
+    """One attempt at one model. ``with step:`` runs the provider call with the attempt's
+    attribution (the caller's context, ``source="service"``, its fallback index); an error
+    that should fall back to the next model is noted and swallowed (``step.failed``)."""
+
+    def __init__(self, run: _Run, ref: ModelRef, *, asynchronous: bool) -> None:
+        self.run = run
+        self.ref = ref
+        self.kind = providers.provider_kind(ref.provider)
+        self.path, self.kwargs = providers.call_arguments(
+            self.kind, ref.model, run.request, run.timeout_for_attempt()
+        )
+        client = providers.clients.get(ref.provider, asynchronous=asynchronous)
+        if asynchronous and self.kind == "gemini":
+            client = client.aio  # google-genai keeps its async methods under .aio
+        self.client = client
+        self.method = providers.method_of(client, self.path)
+        self.response: Any = None
+        self.failed = False
+        self.started = 0.0
+        self._exits: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> _Step:
+        self.started = time.perf_counter()
+        stack = contextlib.ExitStack()
+        token = service_attempt.set(ServiceAttempt(Source.SERVICE, len(self.run._tried())))
+        stack.callback(service_attempt.reset, token)
+        stack.enter_context(self.run.scope())
+        self._exits = stack
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        assert self._exits is not None
+        self._exits.close()
+        if exc is None or isinstance(exc, BudgetExceeded) or not isinstance(exc, Exception):
+            return False
+        self.failed = self.run.failed(self.ref, exc, self.started)
+        return self.failed
 
 
 class LLMService:
@@ -368,55 +407,25 @@ class LLMService:
         :class:`~fluxgate_django.BudgetExceeded`, or the provider's own error for a
         request it rejected (4xx)."""
         run = self._run(messages, **options)
-        hit = run.cached()
-        if hit is not None:
+        if (hit := run.cached()) is not None:
             return hit
-        while (ref := run.next_attempt()) is not None:
-            path, kwargs = providers.call_arguments(
-                providers.provider_kind(ref.provider),
-                ref.model,
-                run.request,
-                run.timeout_for_attempt(),
-            )
-            client = providers.clients.get(ref.provider)
-            started = time.perf_counter()
-            with run.attempt(ref):
-                try:
-                    response = providers.method_of(client, path)(**kwargs)
-                except BudgetExceeded:
-                    raise
-                except Exception as error:
-                    if run.failed(ref, error, started):
-                        continue
-                    raise
-            return run.succeeded(ref, response, started)
+        while (step := run.next_step()) is not None:
+            with step:
+                step.response = step.method(**step.kwargs)
+            if not step.failed:
+                return run.succeeded(step)
         raise run.exhausted()
 
     async def acomplete(self, messages: Any, **options: Any) -> Completion:
         """The async ``complete``."""
         run = self._run(messages, **options)
-        hit = run.cached()
-        if hit is not None:
+        if (hit := run.cached()) is not None:
             return hit
-        while (ref := run.next_attempt()) is not None:
-            path, kwargs = providers.call_arguments(
-                providers.provider_kind(ref.provider),
-                ref.model,
-                run.request,
-                run.timeout_for_attempt(),
-            )
-            client = providers.clients.get(ref.provider, asynchronous=True)
-            started = time.perf_counter()
-            with run.attempt(ref):
-                try:
-                    response = await _async_method(client, path)(**kwargs)
-                except BudgetExceeded:
-                    raise
-                except Exception as error:
-                    if run.failed(ref, error, started):
-                        continue
-                    raise
-            return run.succeeded(ref, response, started)
+        while (step := run.next_step(asynchronous=True)) is not None:
+            with step:
+                step.response = await step.method(**step.kwargs)
+            if not step.failed:
+                return run.succeeded(step)
         raise run.exhausted()
 
     # -- streaming -------------------------------------------------------------------
@@ -426,53 +435,33 @@ class LLMService:
 
         Falls back to the next model only before the first token arrives."""
         run = self._run(messages, cache_ttl=0, **options)
-        while (ref := run.next_attempt()) is not None:
-            kind = providers.provider_kind(ref.provider)
-            client = providers.clients.get(ref.provider)
-            started = time.perf_counter()
-            with run.attempt(ref):
-                try:
-                    chunks = _open_stream(client, kind, ref.model, run)
-                    first = next(chunks, None)
-                except BudgetExceeded:
-                    raise
-                except Exception as error:
-                    if run.failed(ref, error, started):
-                        continue
-                    raise
-                if first is not None:
-                    yield first
-                yield from chunks
-            run.attempts.append(Attempt(ref.provider, ref.model, "success"))
-            with capture_internal_exceptions("service bookkeeping"):
-                self.breaker.record_success(str(ref), probe=run.probing)
+        while (step := run.next_step()) is not None:
+            with step:
+                chunks = _open_stream(step)
+                first = next(chunks, None)
+            if step.failed:
+                continue
+            if first is not None:
+                yield first
+            yield from chunks
+            run.streamed(step)
             return
         raise run.exhausted()
 
     async def astream(self, messages: Any, **options: Any) -> AsyncIterator[str]:
         """The async ``stream``."""
         run = self._run(messages, cache_ttl=0, **options)
-        while (ref := run.next_attempt()) is not None:
-            kind = providers.provider_kind(ref.provider)
-            client = providers.clients.get(ref.provider, asynchronous=True)
-            started = time.perf_counter()
-            with run.attempt(ref):
-                try:
-                    chunks = _open_astream(client, kind, ref.model, run)
-                    first = await anext(chunks, None)
-                except BudgetExceeded:
-                    raise
-                except Exception as error:
-                    if run.failed(ref, error, started):
-                        continue
-                    raise
-                if first is not None:
-                    yield first
-                async for text in chunks:
-                    yield text
-            run.attempts.append(Attempt(ref.provider, ref.model, "success"))
-            with capture_internal_exceptions("service bookkeeping"):
-                self.breaker.record_success(str(ref), probe=run.probing)
+        while (step := run.next_step(asynchronous=True)) is not None:
+            with step:
+                chunks = _open_astream(step)
+                first = await anext(chunks, None)
+            if step.failed:
+                continue
+            if first is not None:
+                yield first
+            async for text in chunks:
+                yield text
+            run.streamed(step)
             return
         raise run.exhausted()
 
@@ -490,47 +479,35 @@ class LLMService:
         return self.breaker.snapshot(names)
 
 
-def _async_method(client: Any, path: tuple[str, ...]) -> Any:
-    if path[0] == "models":  # google-genai keeps async methods under client.aio
-        client = client.aio
-    return providers.method_of(client, path)
-
-
-def _open_stream(client: Any, kind: str, model: str, run: _Run) -> Iterator[str]:
-    path, kwargs = providers.call_arguments(kind, model, run.request, run.timeout_for_attempt())
-    if kind == "openai":
-        stream = providers.method_of(client, path)(
-            **kwargs, stream=True, stream_options={"include_usage": True}
-        )
+def _open_stream(step: _Step) -> Iterator[str]:
+    kwargs = step.kwargs
+    if step.kind == "openai":
+        stream = step.method(**kwargs, stream=True, stream_options={"include_usage": True})
         return (c.choices[0].delta.content or "" for c in stream if c.choices)
-    if kind == "anthropic":
-        stream = client.messages.create(**kwargs, stream=True)
+    if step.kind == "anthropic":
+        stream = step.method(**kwargs, stream=True)
         return (
             e.delta.text
             for e in stream
             if e.type == "content_block_delta" and getattr(e.delta, "type", "") == "text_delta"
         )
-    stream = client.models.generate_content_stream(**kwargs)
-    return (chunk.text or "" for chunk in stream)
+    return (chunk.text or "" for chunk in step.client.models.generate_content_stream(**kwargs))
 
 
-async def _open_astream(client: Any, kind: str, model: str, run: _Run) -> AsyncIterator[str]:
-    path, kwargs = providers.call_arguments(kind, model, run.request, run.timeout_for_attempt())
-    if kind == "openai":
-        stream = await providers.method_of(client, path)(
-            **kwargs, stream=True, stream_options={"include_usage": True}
-        )
+async def _open_astream(step: _Step) -> AsyncIterator[str]:
+    kwargs = step.kwargs
+    if step.kind == "openai":
+        stream = await step.method(**kwargs, stream=True, stream_options={"include_usage": True})
         async for chunk in stream:
             if chunk.choices:
                 yield chunk.choices[0].delta.content or ""
-    elif kind == "anthropic":
-        stream = await client.messages.create(**kwargs, stream=True)
+    elif step.kind == "anthropic":
+        stream = await step.method(**kwargs, stream=True)
         async for event in stream:
             if event.type == "content_block_delta" and getattr(event.delta, "type", "") == (
                 "text_delta"
             ):
                 yield event.delta.text
     else:
-        stream = await client.aio.models.generate_content_stream(**kwargs)
-        async for chunk in stream:
+        async for chunk in await step.client.models.generate_content_stream(**kwargs):
             yield chunk.text or ""

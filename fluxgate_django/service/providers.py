@@ -66,33 +66,29 @@ def _options(name: str) -> dict[str, Any]:
     return options
 
 
+_STAINLESS_SDKS = {
+    "openai": ("openai", "OpenAI", "AsyncOpenAI"),
+    "anthropic": ("anthropic", "Anthropic", "AsyncAnthropic"),
+}
+
+
 def _make_client(name: str, asynchronous: bool) -> Any:
     from ..tracking import track_anthropic, track_openai
 
     kind = provider_kind(name)
     options = _options(name)
-    if kind == "openai":
-        import openai
+    if kind in _STAINLESS_SDKS:
+        import importlib
 
-        cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        package, sync_class, async_class = _STAINLESS_SDKS[kind]
+        cls = getattr(importlib.import_module(package), async_class if asynchronous else sync_class)
         client = cls(
             api_key=options.get("api_key") or "missing-key",
             base_url=options.get("base_url"),
             timeout=options.get("timeout", 30),
             max_retries=0,
         )
-        return track_openai(client, provider=name)
-    if kind == "anthropic":
-        import anthropic
-
-        cls = anthropic.AsyncAnthropic if asynchronous else anthropic.Anthropic
-        client = cls(
-            api_key=options.get("api_key") or "missing-key",
-            base_url=options.get("base_url"),
-            timeout=options.get("timeout", 30),
-            max_retries=0,
-        )
-        return track_anthropic(client)
+        return track_openai(client, provider=name) if kind == "openai" else track_anthropic(client)
     if kind == "gemini":
         from ..tracking import track_gemini  # type: ignore[attr-defined]
 

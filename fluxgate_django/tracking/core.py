@@ -29,7 +29,7 @@ from ..conf import fluxgate_settings
 from ..context import TrackingContext, current_context
 from ..errors import capture_internal_exceptions
 from ..exceptions import BudgetExceeded
-from ..pipeline import build_record, submit
+from ..pipeline import build_record, service_attempt, submit
 from ..records import CallInfo, EventRecord, Status, Usage
 
 _STATE_ATTR = "_fluxgate_state"
@@ -223,6 +223,7 @@ class TrackedCall:
         "__weakref__",
         "accumulator",
         "adapter",
+        "attempt",
         "body",
         "ctx",
         "first_chunk_at",
@@ -258,6 +259,8 @@ class TrackedCall:
         self.first_chunk_at: float | None = None
         self.record: EventRecord | None = None
         self.guard: BudgetGuard | None = None
+        # Captured now: a stream may be read after the service's attempt scope has ended.
+        self.attempt = service_attempt.get()
         self.started = time.perf_counter()
 
     def reserve_budget(self) -> None:
@@ -357,6 +360,7 @@ class TrackedCall:
             error_type=error_type,
             content=content,
             extra_metadata=extra_metadata,
+            attempt=self.attempt,
         )
         if self.guard is not None:
             self.guard.attach(record)  # settled by the recorder with the event's cost
