@@ -195,9 +195,22 @@ def send_notifications(alert_id: int) -> None:
 
     from .models import BudgetAlert
 
-    alert = BudgetAlert.objects.select_related("budget__team").get(pk=alert_id)
-    if alert.notified_at is not None:
+    # Claim the alert first: whoever flips notified_at sends it, once, even if this is a
+    # retry or another worker got the same task.
+    if not BudgetAlert.objects.filter(pk=alert_id, notified_at__isnull=True).update(
+        notified_at=timezone.now()
+    ):
         return
+    alert = BudgetAlert.objects.select_related("budget__team").get(pk=alert_id)
+    try:
+        _send_budget_alert(alert, send_mail)
+    except Exception:
+        # Not sent: release the claim so a retry (or check_budgets) can send it.
+        BudgetAlert.objects.filter(pk=alert_id).update(notified_at=None)
+        raise
+
+
+def _send_budget_alert(alert: Any, send_mail: Any) -> None:
     budget = alert.budget
     recipients = _admin_emails(budget.team)
     scope = f"{budget.team.name}" + (f" / {budget.feature}" if budget.feature else "")
@@ -228,7 +241,6 @@ def send_notifications(alert_id: int) -> None:
                 "kind": alert.kind,
             },
         )
-    BudgetAlert.objects.filter(pk=alert.pk).update(notified_at=timezone.now())
 
 
 def _post_webhook(url: str, payload: dict[str, Any]) -> None:
