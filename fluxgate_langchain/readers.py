@@ -27,14 +27,6 @@ _WRITE_5M = "ephemeral_5m_input_tokens"
 _WRITE_1H = "ephemeral_1h_input_tokens"
 
 #: Gemini finish reasons (no tracked Gemini client to share them with yet).
-_GEMINI_FINISH = {
-    "MAX_TOKENS": "MAX_TOKENS",
-    "SAFETY": "CONTENT_FILTER",
-    "BLOCKLIST": "CONTENT_FILTER",
-    "PROHIBITED_CONTENT": "CONTENT_FILTER",
-    "SPII": "CONTENT_FILTER",
-    "RECITATION": "RECITATION",
-}
 
 
 def provider_name(value: Any) -> str:
@@ -149,11 +141,11 @@ def _read_responses_status(meta: Mapping[str, Any], info: CallInfo) -> None:
     """Status and finish reason of a Responses API call, read as the tracked client does."""
     from types import SimpleNamespace
 
-    from fluxgate_django.tracking.openai import _read_responses_api
+    from fluxgate_django.outcomes import read_responses_outcome
 
     info.operation = "responses"
     details = meta.get("incomplete_details")
-    _read_responses_api(
+    read_responses_outcome(
         SimpleNamespace(
             status=meta.get("status"),
             incomplete_details=SimpleNamespace(**details) if isinstance(details, Mapping) else None,
@@ -172,37 +164,16 @@ def first_generation(response: Any) -> Any:
 def finish_status(provider: str, reason: str) -> Status:
     """The status of a call that finished with ``reason``, with the same mapping as the
     tracked SDK clients (OpenAI ``length`` / Anthropic ``max_tokens`` → ``MAX_TOKENS``...)."""
-    from fluxgate_django.records import Status
-    from fluxgate_django.tracking.anthropic import _STOP_STATUS
-    from fluxgate_django.tracking.openai import _FINISH_STATUS
+    from fluxgate_django.outcomes import finish_status as status_of
 
-    if provider == "openai":
-        return _FINISH_STATUS.get(reason, Status.SUCCESS)
-    if provider == "anthropic":
-        return _STOP_STATUS.get(reason, Status.SUCCESS)
-    status = _FINISH_STATUS.get(reason) or _STOP_STATUS.get(reason)
-    if status is None and reason in _GEMINI_FINISH:
-        status = Status(_GEMINI_FINISH[reason])
-    return status or Status.SUCCESS
+    return status_of(provider, reason)
 
 
 def status_for_error(provider: str, error: BaseException) -> Status:
     """The status of a call that raised ``error`` (the tracked clients' own mapping)."""
-    from fluxgate_django.records import Status
+    from fluxgate_django.outcomes import error_status
 
-    if not isinstance(error, Exception):  # KeyboardInterrupt, CancelledError...
-        return Status.ERROR
-    if provider == "openai":
-        from fluxgate_django.tracking.openai import OpenAIAdapter
-
-        return OpenAIAdapter().status_for_error(error)
-    if provider == "anthropic":
-        from fluxgate_django.tracking.anthropic import AnthropicAdapter
-
-        return AnthropicAdapter().status_for_error(error)
-    if getattr(error, "status_code", None) == 400:
-        return Status.MALFORMED_REQUEST
-    return Status.ERROR
+    return error_status(provider, error)
 
 
 def _status(name: str) -> Status:

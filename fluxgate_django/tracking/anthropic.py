@@ -10,14 +10,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from ..outcomes import error_status, set_finish
 from ..records import CallInfo, Status, Usage
 from .core import SdkTypes
-
-_STOP_STATUS = {
-    "max_tokens": Status.MAX_TOKENS,
-    "model_context_window_exceeded": Status.MAX_TOKENS,
-    "refusal": Status.CONTENT_FILTER,
-}
 
 
 def normalise_anthropic_usage(usage: Any) -> Usage | None:
@@ -38,9 +33,7 @@ def normalise_anthropic_usage(usage: Any) -> Usage | None:
 
 
 def _stop(info: CallInfo, reason: str | None) -> None:
-    if reason:
-        info.finish_reason = reason
-        info.status = _STOP_STATUS.get(reason, Status.SUCCESS)
+    set_finish(info, "anthropic", reason)
 
 
 class AnthropicAdapter:
@@ -78,9 +71,7 @@ class AnthropicAdapter:
         return (MessageStream, AsyncMessageStream)
 
     def status_for_error(self, error: BaseException) -> Status:
-        if getattr(error, "status_code", None) == 400:
-            return Status.MALFORMED_REQUEST
-        return Status.ERROR
+        return error_status("anthropic", error)
 
 
 class _MessageStream:

@@ -58,34 +58,12 @@ from ..budgets import might_apply
 from ..conf import fluxgate_settings
 from ..context import TrackingContext, current_context
 from ..errors import capture_internal_exceptions
+from ..outcomes import set_finish
 from ..records import CallInfo, Status, Usage
 from .core import _STATE_ATTR, SdkTypes, TrackedCall
 
 OPERATION = "generate_content"
 
-_FINISH_STATUS = {
-    "MAX_TOKENS": Status.MAX_TOKENS,
-    "SAFETY": Status.CONTENT_FILTER,
-    "BLOCKLIST": Status.CONTENT_FILTER,
-    "PROHIBITED_CONTENT": Status.CONTENT_FILTER,
-    "SPII": Status.CONTENT_FILTER,
-    "LANGUAGE": Status.CONTENT_FILTER,
-    "IMAGE_SAFETY": Status.CONTENT_FILTER,
-    "IMAGE_PROHIBITED_CONTENT": Status.CONTENT_FILTER,
-    "MODEL_ARMOR": Status.CONTENT_FILTER,
-    "ESCALATION": Status.CONTENT_FILTER,
-    "RECITATION": Status.RECITATION,
-    "IMAGE_RECITATION": Status.RECITATION,
-    "PUP_LIMITED_DISABLED": Status.BLOCKED,
-    "MISSING_THOUGHT_SIGNATURE": Status.MALFORMED_REQUEST,
-    "MALFORMED_FUNCTION_CALL": Status.ERROR,
-    "UNEXPECTED_TOOL_CALL": Status.ERROR,
-    "TOO_MANY_TOOL_CALLS": Status.ERROR,
-    "MALFORMED_RESPONSE": Status.ERROR,
-    "NO_IMAGE": Status.ERROR,
-    "OTHER": Status.ERROR,
-    "IMAGE_OTHER": Status.ERROR,
-}
 
 _NO_SDK_TYPES = SdkTypes(stream=(), raw_response=())
 
@@ -150,9 +128,7 @@ class _Chunks:
             info.finish_reason = f"BLOCKED:{_name(self.block_reason)}"
             info.status = Status.BLOCKED
         elif self.finish_reason is not None:
-            reason = _name(self.finish_reason)
-            info.finish_reason = reason
-            info.status = _FINISH_STATUS.get(reason, Status.SUCCESS)
+            set_finish(info, "gemini", _name(self.finish_reason))
         return normalise_gemini_usage(self.usage)
 
 

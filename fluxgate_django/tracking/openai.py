@@ -10,6 +10,7 @@ import functools
 from decimal import Decimal
 from typing import Any
 
+from ..outcomes import error_status, read_responses_outcome, set_finish
 from ..records import CallInfo, Status, Usage
 from .core import SdkTypes
 
@@ -18,12 +19,6 @@ _OPERATIONS = {
     "/completions": "completion",
     "/responses": "responses",
     "/embeddings": "embeddings",
-}
-
-_FINISH_STATUS = {
-    "length": Status.MAX_TOKENS,
-    "max_output_tokens": Status.MAX_TOKENS,
-    "content_filter": Status.CONTENT_FILTER,
 }
 
 
@@ -62,9 +57,7 @@ def _reported_cost(usage: Any) -> Decimal | None:
 
 
 def _finish(info: CallInfo, reason: str | None) -> None:
-    if reason:
-        info.finish_reason = reason
-        info.status = _FINISH_STATUS.get(reason, Status.SUCCESS)
+    set_finish(info, "openai", reason)
 
 
 def _read_choices(response: Any, info: CallInfo) -> None:
@@ -75,18 +68,6 @@ def _read_choices(response: Any, info: CallInfo) -> None:
         message = getattr(choice, "message", None)
         if getattr(message, "refusal", None):
             info.status = Status.CONTENT_FILTER
-
-
-def _read_responses_api(response: Any, info: CallInfo) -> None:
-    status = getattr(response, "status", None)
-    if status == "incomplete":
-        details = getattr(response, "incomplete_details", None)
-        _finish(info, getattr(details, "reason", None) or "incomplete")
-    elif status == "failed":
-        info.finish_reason = "failed"
-        info.status = Status.ERROR
-    elif status:
-        info.finish_reason = status
 
 
 class OpenAIAdapter:
@@ -104,7 +85,7 @@ class OpenAIAdapter:
         info.model = getattr(response, "model", None) or info.requested_model
         info.service_tier = getattr(response, "service_tier", None) or ""
         if operation == "responses":
-            _read_responses_api(response, info)
+            read_responses_outcome(response, info)
         else:
             _read_choices(response, info)
         usage = getattr(response, "usage", None)
@@ -135,12 +116,7 @@ class OpenAIAdapter:
         )
 
     def status_for_error(self, error: BaseException) -> Status:
-        code = getattr(error, "code", None)
-        if code in ("content_filter", "content_policy_violation"):
-            return Status.CONTENT_FILTER
-        if getattr(error, "status_code", None) == 400:
-            return Status.MALFORMED_REQUEST
-        return Status.ERROR
+        return error_status("openai", error)
 
 
 class _ChunkStream:

@@ -1,0 +1,101 @@
+"""How a call's finish reason or error becomes a :class:`~fluxgate_django.Status`.
+
+One table per provider, used by the tracked clients, the LangChain handler and the
+ingest API alike, so the same outcome has the same status whichever way it arrived.
+Django-free (``fluxgate_langchain`` imports it without a configured site).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .records import CallInfo, Status
+
+OPENAI_FINISH = {
+    "length": Status.MAX_TOKENS,
+    "max_output_tokens": Status.MAX_TOKENS,
+    "content_filter": Status.CONTENT_FILTER,
+}
+
+ANTHROPIC_STOP = {
+    "max_tokens": Status.MAX_TOKENS,
+    "model_context_window_exceeded": Status.MAX_TOKENS,
+    "refusal": Status.CONTENT_FILTER,
+}
+
+#: Gemini finish reasons. MALFORMED_FUNCTION_CALL is ERROR, not MALFORMED_REQUEST: the
+#: request was accepted and billed; the model's output is what's unusable.
+GEMINI_FINISH = {
+    "MAX_TOKENS": Status.MAX_TOKENS,
+    "SAFETY": Status.CONTENT_FILTER,
+    "BLOCKLIST": Status.CONTENT_FILTER,
+    "PROHIBITED_CONTENT": Status.CONTENT_FILTER,
+    "SPII": Status.CONTENT_FILTER,
+    "LANGUAGE": Status.CONTENT_FILTER,
+    "IMAGE_SAFETY": Status.CONTENT_FILTER,
+    "IMAGE_PROHIBITED_CONTENT": Status.CONTENT_FILTER,
+    "MODEL_ARMOR": Status.CONTENT_FILTER,
+    "ESCALATION": Status.CONTENT_FILTER,
+    "RECITATION": Status.RECITATION,
+    "IMAGE_RECITATION": Status.RECITATION,
+    "PUP_LIMITED_DISABLED": Status.BLOCKED,
+    "MISSING_THOUGHT_SIGNATURE": Status.MALFORMED_REQUEST,
+    "MALFORMED_FUNCTION_CALL": Status.ERROR,
+    "UNEXPECTED_TOOL_CALL": Status.ERROR,
+    "TOO_MANY_TOOL_CALLS": Status.ERROR,
+    "MALFORMED_RESPONSE": Status.ERROR,
+    "NO_IMAGE": Status.ERROR,
+    "OTHER": Status.ERROR,
+    "IMAGE_OTHER": Status.ERROR,
+}
+
+_BY_PROVIDER = {"openai": OPENAI_FINISH, "anthropic": ANTHROPIC_STOP, "gemini": GEMINI_FINISH}
+
+
+def finish_status(provider: str, reason: str | None) -> Status:
+    """The status of a call that finished with ``reason`` (unknown providers: any table)."""
+    if not reason:
+        return Status.SUCCESS
+    table = _BY_PROVIDER.get(provider)
+    if table is not None:
+        return table.get(reason, Status.SUCCESS)
+    for table in _BY_PROVIDER.values():
+        if reason in table:
+            return table[reason]
+    return Status.SUCCESS
+
+
+def set_finish(info: CallInfo, provider: str, reason: str | None) -> None:
+    """Record ``reason`` on ``info`` with its status."""
+    if reason:
+        info.finish_reason = reason
+        info.status = finish_status(provider, reason)
+
+
+def read_responses_outcome(response: Any, info: CallInfo) -> None:
+    """Finish reason and status of an OpenAI Responses API response."""
+    status = getattr(response, "status", None)
+    if status == "incomplete":
+        details = getattr(response, "incomplete_details", None)
+        set_finish(info, "openai", getattr(details, "reason", None) or "incomplete")
+    elif status == "failed":
+        info.finish_reason = "failed"
+        info.status = Status.ERROR
+    elif status:
+        info.finish_reason = status
+
+
+def error_status(provider: str, error: BaseException) -> Status:
+    """The status of a call that raised ``error``: 400s are MALFORMED_REQUEST (OpenAI's
+    content-policy rejections CONTENT_FILTER), anything else ERROR."""
+    if not isinstance(error, Exception):  # KeyboardInterrupt, CancelledError...
+        return Status.ERROR
+    if provider == "openai" and getattr(error, "code", None) in (
+        "content_filter",
+        "content_policy_violation",
+    ):
+        return Status.CONTENT_FILTER
+    status = getattr(error, "status_code", None)
+    if status is None and provider == "gemini":
+        status = getattr(error, "code", None)
+    return Status.MALFORMED_REQUEST if status == 400 else Status.ERROR
