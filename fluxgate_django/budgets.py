@@ -287,8 +287,12 @@ def check_budget(
     max_output_tokens: int | None,
     source: Source = Source.SDK,
     operation: str = "",
+    record_fields: dict[str, Any] | None = None,
 ) -> BudgetGuard | None:
     """Reserve the estimated cost of a call on every budget that applies.
+
+    ``record_fields`` are set on the ``BUDGET_EXCEEDED`` event of a refused call
+    (e.g. LangChain's ``run_id`` / ``parent_run_id``).
 
     Returns None when no budget applies. Raises :class:`BudgetExceeded` (after recording
     a ``BUDGET_EXCEEDED`` event) when a blocking budget would be exceeded, and
@@ -299,7 +303,7 @@ def check_budget(
         team_id = team_id_of(ctx.team)
         if team_id is None:
             return None
-        _check_runaway_block(ctx, team_id, provider, model, source, operation)
+        _check_runaway_block(ctx, team_id, provider, model, source, operation, record_fields)
         budgets = applicable_budgets(team_id, ctx.feature)
         if not budgets:
             return None
@@ -329,7 +333,9 @@ def check_budget(
     if reserved:
         settle_counters({c: (units, 0) for c in reserved})
     failed = [(b, c) for b, c in zip(budgets, ids, strict=True) if c not in reserved]
-    _reject(ctx, failed[0][0], failed[0][1], provider, model, source, operation, units)
+    _reject(
+        ctx, failed[0][0], failed[0][1], provider, model, source, operation, units, record_fields
+    )
     return None  # pragma: no cover - _reject always raises
 
 
@@ -420,6 +426,7 @@ def _reject(
     source: Source,
     operation: str,
     units: int,
+    record_fields: dict[str, Any] | None = None,
 ) -> None:
     from .alerts import raise_alert
     from .models import SpendCounter, from_units
@@ -433,7 +440,7 @@ def _reject(
         f"${spent} spent + ${counter.reserved} in flight of ${limit} per {budget.period}; "
         f"this call needs ~${from_units(units)}."
     )
-    _record_rejection(ctx, provider, model, source, operation, message, budget)
+    _record_rejection(ctx, provider, model, source, operation, message, budget, record_fields)
     raise_alert(counter.budget, counter, 100, kind="blocked")
     raise BudgetExceeded(
         message, team=ctx.team, budget=counter.budget, limit=limit, spent=spent, window=window
@@ -448,6 +455,7 @@ def _record_rejection(
     operation: str,
     message: str,
     budget: BudgetInfo | None,
+    record_fields: dict[str, Any] | None = None,
 ) -> None:
     from .errors import capture_internal_exceptions
     from .pipeline import build_record, submit
@@ -469,11 +477,19 @@ def _record_rejection(
             extra_metadata={"budget_id": budget.id} if budget else None,
         )
         record.error_message = message
+        for name, value in (record_fields or {}).items():
+            setattr(record, name, value)
         submit(record)
 
 
 def _check_runaway_block(
-    ctx: TrackingContext, team_id: int, provider: str, model: str, source: Source, operation: str
+    ctx: TrackingContext,
+    team_id: int,
+    provider: str,
+    model: str,
+    source: Source,
+    operation: str,
+    record_fields: dict[str, Any] | None = None,
 ) -> None:
     if not _blocking_runaway():
         return
@@ -487,7 +503,7 @@ def _check_runaway_block(
         f"{' feature ' + repr(ctx.feature) if ctx.feature else ''}: calls are blocked until "
         f"{until:%Y-%m-%d %H:%M:%S %Z}."
     )
-    _record_rejection(ctx, provider, model, source, operation, message, None)
+    _record_rejection(ctx, provider, model, source, operation, message, None, record_fields)
     raise BudgetExceeded(message, team=ctx.team, window=(timezone.now(), until))
 
 

@@ -100,6 +100,10 @@ class DjangoSink(Sink):
                     max_output_tokens=max_output_tokens(params, run.operation),
                     source=Source.LANGCHAIN,
                     operation=run.operation,
+                    record_fields={
+                        "run_id": str(run.run_id),
+                        "parent_run_id": str(run.parent_run_id or ""),
+                    },
                 )
             )
         except BudgetExceeded:

@@ -118,6 +118,7 @@ def test_runaway_graph_loop_is_stopped_by_the_budget_before_spending(llm, fake, 
     assert 0 < succeeded.count() < 10
     assert fake.request_count == succeeded.count()  # the blocked call never reached OpenAI
     assert blocked.count() == 1 and blocked.get().cost_usd == 0
+    assert blocked.get().run_id and blocked.get().parent_run_id  # the refused run, in its graph
     counter = SpendCounter.objects.get(budget=budget)
     # Every reservation settled to the real cost: spend == the events' costs, nothing held.
     assert counter.spent == CALL_COST * succeeded.count()
