@@ -466,3 +466,19 @@ def test_http_metrics_health_and_strategy(service, fake, client, api_key, django
     )
     assert wrong.status_code == 400 and "strategy" in wrong.json()
     assert client.get("/fluxgate/api/config/strategy/").json()["summarize"] == "cost"
+
+
+def test_openai_compatible_provider_with_its_reported_cost(fake):
+    providers = {
+        "openrouter": {"type": "openai", "api_key": "sk-or-test", "base_url": fake.openai_base_url}
+    }
+    with service_settings(fake, PROVIDERS=providers):
+        fake.enqueue(FakeReply(input_tokens=500, output_tokens=50, usage_extra={"cost": 0.00042}))
+        answer = LLMService().complete(MSGS, model="openrouter/meta-llama/llama-3.1-70b-instruct")
+    assert (answer.provider, answer.cost) == ("openrouter", Decimal("0.00042"))
+    event = Event.objects.get(tracking_id=answer.tracking_id)
+    assert (event.provider, event.model, event.cost_source) == (
+        "openrouter",
+        "meta-llama/llama-3.1-70b-instruct",
+        "openrouter-reported",
+    )

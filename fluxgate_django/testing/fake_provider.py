@@ -95,6 +95,8 @@ class FakeReply:
     drop_connection: bool = False
     chunks: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: Extra fields merged into an OpenAI-format ``usage`` (e.g. OpenRouter's ``cost``).
+    usage_extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -409,6 +411,7 @@ class _Turn:
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
             },
+            **self.reply.usage_extra,
         }
 
     def chat_finish(self) -> tuple[str, bool]:
