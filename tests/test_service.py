@@ -482,3 +482,33 @@ def test_openai_compatible_provider_with_its_reported_cost(fake):
         "meta-llama/llama-3.1-70b-instruct",
         "openrouter-reported",
     )
+
+
+@pytest.mark.django_db(transaction=True)  # the sync recorder writes from a thread on a loop
+def test_gemini_route_with_fallback(fake):
+    pytest.importorskip("google.genai", reason="google-genai is not installed")
+    providers = {
+        "openai": {"api_key": "sk-test", "base_url": fake.openai_base_url},
+        "gemini": {"api_key": "test-gemini-key", "base_url": fake.gemini_base_url},
+    }
+    routes = {"translate": {"strategy": "ordered", "models": ["gemini-2.5-flash", "gpt-4o-mini"]}}
+    with service_settings(fake, PROVIDERS=providers, ROUTES=routes):
+        service = LLMService()
+        fake.enqueue(FakeReply(input_tokens=1000, output_tokens=200, reasoning_tokens=50))
+        answer = service.complete(MSGS, route="translate", system="Translate to French.")
+        assert (answer.provider, answer.content) == ("gemini", "Hello from the fake provider.")
+        assert answer.usage.output_tokens == 250 and answer.cost > 0
+        assert fake.requests[-1].body["systemInstruction"]["parts"][0]["text"] == (
+            "Translate to French."
+        )
+        fake.enqueue(FakeReply(status=503))
+        fallback = service.complete(MSGS, route="translate")
+        assert fallback.provider == "openai" and fallback.fallback_used
+
+        async def both():
+            text = "".join([t async for t in service.astream(MSGS, route="translate")])
+            return text, await service.acomplete(MSGS, route="translate")
+
+        text, async_answer = asyncio.run(both())
+    assert text == "Hello from the fake provider." and async_answer.provider == "gemini"
+    assert set(Event.objects.values_list("provider", flat=True)) == {"gemini", "openai"}

@@ -99,14 +99,15 @@ def _make_client(name: str, asynchronous: bool) -> Any:
             raise ImportError(
                 "Gemini needs google-genai: pip install 'django-fluxgate[gemini]'"
             ) from exc
-        http_options: dict[str, Any] = {}
+        # FluxGate owns retry policy: one attempt per call.
+        http_options: dict[str, Any] = {"retry_options": types.HttpRetryOptions(attempts=1)}
         if options.get("base_url"):
             http_options["base_url"] = options["base_url"]
         if options.get("timeout"):
             http_options["timeout"] = int(float(options["timeout"]) * 1000)
         client = genai.Client(
             api_key=options.get("api_key") or "missing-key",
-            http_options=types.HttpOptions(**http_options) if http_options else None,
+            http_options=types.HttpOptions(**http_options),
         )
         return track_gemini(client)
     raise ValueError(f"Unknown provider type {kind!r} for provider {name!r}")
