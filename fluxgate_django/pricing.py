@@ -27,6 +27,9 @@ logger = logging.getLogger("fluxgate.pricing")
 
 MTOK = Decimal(1_000_000)
 
+#: Models (x tiers) whose prices a process keeps; past this the cache starts afresh.
+_MAX_CACHED_MODELS = 4096
+
 #: Tiers that are the standard price (OpenAI "default"/"auto", Anthropic "standard").
 _STANDARD_TIERS = frozenset({"default", "auto", "standard"})
 
@@ -180,6 +183,9 @@ class PriceBook:
         if cached is not None and cached[0] == today:
             return cached[1]
         source = self._lookup_genai(provider, model, tier)
+        if len(self._genai) >= _MAX_CACHED_MODELS:
+            # Model names can come from API clients: keep the cache bounded.
+            self._genai.clear()
         self._genai[key] = (today, source)
         return source
 
@@ -219,7 +225,7 @@ class PriceBook:
 
     def _warn_unknown(self, provider: str, model: str) -> None:
         key = (provider, model)
-        if key not in self._warned:
+        if key not in self._warned and len(self._warned) < _MAX_CACHED_MODELS:
             self._warned.add(key)
             logger.warning(
                 "FluxGate has no price for %s model %r: its events get cost=None "

@@ -12,12 +12,14 @@ window, a ``SpendAnomaly`` row is stored, the team's admins are told, and — wi
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import time
 from decimal import Decimal
 from typing import Any
 
 from django.core.cache import caches
+from django.db import transaction
 from django.utils import timezone
 
 from .conf import fluxgate_settings
@@ -25,6 +27,13 @@ from .conf import fluxgate_settings
 logger = logging.getLogger("fluxgate.runaway")
 
 _PREFIX = "fluxgate:rate"
+
+
+def _scope(team_id: int, feature: str) -> str:
+    """A cache-safe key part for a team and feature (feature names are user data)."""
+    if not feature:
+        return f"{team_id}:"
+    return f"{team_id}:{hashlib.sha256(feature.encode()).hexdigest()[:24]}"
 
 
 def _options() -> dict[str, Any]:
@@ -56,7 +65,7 @@ def record_spend(spend: dict[tuple[int, str], int], now: float | None = None) ->
         if feature:
             totals[(team_id, feature)] = totals.get((team_id, feature), 0) + units
     for (team_id, feature), units in totals.items():
-        key = f"{_PREFIX}:{team_id}:{feature}:{minute}"
+        key = f"{_PREFIX}:{_scope(team_id, feature)}:{minute}"
         cache.add(key, 0, ttl)
         try:
             cache.incr(key, units)
@@ -71,10 +80,8 @@ def _check(team_id: int, feature: str, minute: int) -> None:
     window = int(options["window_minutes"])
     baseline = int(options["baseline_minutes"])
     cache = _cache()
-    keys = [
-        f"{_PREFIX}:{team_id}:{feature}:{m}"
-        for m in range(minute - window - baseline + 1, minute + 1)
-    ]
+    scope = _scope(team_id, feature)
+    keys = [f"{_PREFIX}:{scope}:{m}" for m in range(minute - window - baseline + 1, minute + 1)]
     values = cache.get_many(keys)
     counts = [int(values.get(k, 0)) for k in keys]
     recent = sum(counts[-window:])
@@ -88,7 +95,7 @@ def _check(team_id: int, feature: str, minute: int) -> None:
     if recent_usd <= Decimal(str(options["factor"])) * baseline_per_window:
         return
     # Once per window, across processes.
-    if not cache.add(f"fluxgate:anomaly:{team_id}:{feature}", 1, window * 60):
+    if not cache.add(f"fluxgate:anomaly:{scope}", 1, window * 60):
         return
     _raise_anomaly(team_id, feature, window, recent_usd, baseline_per_window)
 
@@ -131,11 +138,12 @@ def _raise_anomaly(
         recent_usd=recent,
         baseline_usd=baseline,
     )
-    dispatch_anomaly_notification(anomaly.pk)
+    # After commit: the notification is read by another thread or a Celery worker.
+    transaction.on_commit(lambda: dispatch_anomaly_notification(anomaly.pk))
 
 
 def _block_key(team_id: int, feature: str) -> str:
-    return f"fluxgate:block:{team_id}:{feature}"
+    return f"fluxgate:block:{_scope(team_id, feature)}"
 
 
 def blocked_until(team_id: int, feature: str) -> dt.datetime | None:

@@ -362,3 +362,15 @@ def test_reconcile_rebuilds_spend_from_events(client, fake, team, capsys):
     counter.refresh_from_db()
     assert counter.spent == 3 * CALL_COST + charged and counter.reserved_units == 0
     assert "Reconciled 1 budgets" in capsys.readouterr().out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runaway_detection_takes_any_feature_name(client, fake, team):
+    runaway = {"enabled": True, "factor": 5, "min_spend_usd": "0.001", "block_minutes": 0}
+    settings = {"RECORDER": "sync", "RAISE_ERRORS": True, "RUNAWAY_DETECTION": runaway}
+    fake.default_reply = CALL
+    feature = "résumé writer: v2 / «beta»\t" + "x" * 80  # not a safe cache key as it is
+    with override_settings(FLUXGATE=settings), tracking_context(team="search", feature=feature):
+        client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=100)
+    wait_for_notifications()
+    assert SpendAnomaly.objects.filter(team=team, feature=feature).exists()

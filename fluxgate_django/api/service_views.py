@@ -18,6 +18,7 @@ from rest_framework.response import Response
 
 from ..conf import fluxgate_settings
 from ..exceptions import BudgetExceeded
+from ..model_refs import UnknownModel, resolve_model
 from ..service import STRATEGIES, AllProvidersFailed, LLMService, classify, set_strategy
 from ..service.metrics import provider_metrics
 from .base import FluxGateAPIView, fluxgate_schema
@@ -58,6 +59,11 @@ class CompleteSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {"route": f"Unknown route; known: {', '.join(sorted(fluxgate_settings.ROUTES))}"}
             )
+        if model:
+            try:
+                resolve_model(model)
+            except UnknownModel as exc:
+                raise serializers.ValidationError({"model": str(exc)}) from exc
         if not any(m["role"] == "user" for m in attrs["messages"]):
             raise serializers.ValidationError({"messages": "Need at least one user message."})
         return attrs

@@ -9,6 +9,7 @@ once; ``complete`` and ``acomplete`` only differ in how they wait for the provid
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -42,6 +43,11 @@ _CONTEXT_FIELDS = (
 
 
 _CONTEXT_PHRASES = ("context length", "context window", "prompt is too long", "too many tokens")
+
+
+def _sticky_key(conversation_id: str) -> str:
+    # Conversation ids are the caller's data: hashed to a cache-safe key.
+    return "fluxgate:sticky:" + hashlib.sha256(str(conversation_id).encode()).hexdigest()[:32]
 
 
 class AllProvidersFailed(Exception):
@@ -152,7 +158,7 @@ class _Run:
     def _stick_to_first_provider(self) -> None:
         if not self.conversation_id:
             return
-        sticky = self.service.response_cache.get(f"fluxgate:sticky:{self.conversation_id}")
+        sticky = self.service.response_cache.get(_sticky_key(self.conversation_id))
         if sticky:
             provider = sticky
             self.candidates.sort(key=lambda ref: ref.provider != provider)
@@ -256,7 +262,7 @@ class _Run:
             if self.cache_ttl > 0 and finish in ("stop", "end_turn", "STOP", "FinishReason.STOP"):
                 cache.set(self.cache_key, completion.to_cache(), self.cache_ttl)
             if self.conversation_id:
-                cache.set(f"fluxgate:sticky:{self.conversation_id}", ref.provider, 24 * 3600)
+                cache.set(_sticky_key(self.conversation_id), ref.provider, 24 * 3600)
         return completion
 
     def streamed(self, step: _Step) -> None:
