@@ -29,6 +29,9 @@ from .models import CostReport
 from .reports import export, queries
 from .reports.chart import series_colour, stacked_bar_chart
 
+#: Longest range the page shows (its chart has a bar per day).
+MAX_DAYS = 366
+
 
 @dataclasses.dataclass
 class ReportRequest:
@@ -61,13 +64,19 @@ class ReportRequest:
 
         start, end = _date(query, "start", req.errors), _date(query, "end", req.errors)
         if start or end:
-            req.preset = ""
             end = end or today
             start = start or end - dt.timedelta(days=29)
             if start > end:
                 req.errors.append("The start date is after the end date; swapped them.")
                 start, end = end, start
+            if (end - start).days >= MAX_DAYS:
+                req.errors.append(f"A report covers at most {MAX_DAYS} days; shortened it.")
+                start = end - dt.timedelta(days=MAX_DAYS - 1)
             req.start, req.end = start, end
+            # Dates that are a preset's (the filter form always sends both) keep it lit.
+            req.preset = next(
+                (p for p in queries.PRESETS if queries.preset_range(p, today) == (start, end)), ""
+            )
         else:
             preset = query.get("range") or queries.DEFAULT_PRESET
             if preset not in queries.PRESETS:
@@ -207,12 +216,16 @@ class CostReportAdmin(admin.ModelAdmin):
         teams = self._visible(request)
         query = request.GET
         series = queries.timeseries(req.by, req.start, req.end, teams=teams, filters=req.filters)
-        comparison = (
-            queries.compare(req.compare, req.start, req.end, teams=teams, filters=req.filters)
+        comparison: list[queries.BreakdownRow] = (
+            queries.compare(req.compare, req.start, req.end, teams=teams, filters=req.filters).rows
             if req.compare
             else []
         )
-        choices = queries.filter_choices(teams)
+        choices = queries.filter_choices(teams, req.start, req.end)
+        # Values seen in the range, and those selected even if they have no calls in it.
+        for name in ("feature", "provider", "model"):
+            selected = req.filters.get(name, []) + (req.compare if name == "feature" else [])
+            choices[name] = sorted(set(choices[name]) | set(selected))
         team_names = dict(choices["team"])
         total = report.total
         return {

@@ -82,13 +82,21 @@ def beat_schedule(
     """Beat entries for FluxGate's periodic tasks.
 
     * ``fluxgate.replay_spool`` — write events spooled during a database outage (they
-      are also replayed by the next successful write in the process that spooled them).
+      are also replayed by the next successful write in the process that spooled them,
+      and by ``manage.py fluxgate_replay_spool``). A worker replays the spool of its own
+      machine (``SPOOL_DIR``): schedule it where your web processes run too, or run the
+      command there.
     * ``fluxgate.check_budgets`` — raise threshold alerts budgets have reached without a
-      new call (a limit lowered in the admin); windows roll over by date by themselves.
-    * ``fluxgate.apply_retention`` — delete events past ``RETENTION_DAYS`` (rollups stay).
+      new call (a limit lowered in the admin).
+    * ``fluxgate.apply_retention`` — delete events past ``RETENTION_DAYS`` in batches;
+      rollups and budget counters stay, so reports over old periods still work.
 
-    Rollups are kept current by the recorder with each batch; a rebuild from events is
-    ``manage.py fluxgate_rebuild_rollups``.
+    Two jobs need no task. **Rollup refresh**: the recorder adds each batch to the daily
+    rollups in the transaction that stores its events, so they are always current; after
+    editing or deleting events by hand, rebuild them with ``manage.py
+    fluxgate_rebuild_rollups [--since DAY]``. **Budget window rollover**: a budget's
+    counter is per window (day or month, site time zone) and the first reservation of a
+    new window creates its counter, so windows roll over by date by themselves.
     """
     return {
         "fluxgate-replay-spool": {"task": "fluxgate.replay_spool", "schedule": replay_spool},

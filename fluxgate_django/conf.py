@@ -44,6 +44,13 @@ DEFAULTS: dict[str, Any] = {
     # Where events go when the database is unreachable (JSON lines). None: a
     # "fluxgate-spool" folder in the system temp directory.
     "SPOOL_DIR": None,
+    # The spool's size limit in bytes (all its files together). Past it, events are
+    # dropped with an error logged (counted in ``recording.spool.dropped``), so that a
+    # long outage cannot fill the disk.
+    "SPOOL_MAX_BYTES": 512 * 1024 * 1024,
+    # Celery recorder: the site's Celery app as a dotted path ("proj.celery.app"). None:
+    # the app Celery calls current (see recording/celery.py for how it is found).
+    "CELERY_APP": None,
     # How long ModelPrice overrides are cached in a process before re-reading them.
     "PRICE_CACHE_SECONDS": 60,
     # Cost multipliers for provider service tiers that genai-prices does not model.

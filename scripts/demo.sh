@@ -35,6 +35,12 @@ FAKE_PORT="${FAKE_PORT:-8765}"
 fake_pid=$!
 trap 'kill "$fake_pid" 2>/dev/null || true' EXIT
 export FLUXGATE_FAKE_URL="http://127.0.0.1:$FAKE_PORT"
+fake_up() { "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "$FLUXGATE_FAKE_URL/health" 2>/dev/null; }
+for _ in $(seq 50); do fake_up && break; sleep 0.1; done
+if ! fake_up; then
+    echo "error: the fake provider did not start on port $FAKE_PORT (in use? set FAKE_PORT=...)" >&2
+    exit 1
+fi
 
 cat <<BANNER
 

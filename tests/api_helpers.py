@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
+from fluxgate_django.budgets import clear_cache
 from fluxgate_django.models import ApiKey, Budget, Event, Team, TeamMembership
 
 API = "/fluxgate/api/"
@@ -75,6 +76,8 @@ class World:
 
 
 def make_world() -> World:
+    # Budget and counter ids cached by an earlier test may be reused after its rollback.
+    clear_cache()
     users = get_user_model().objects
     team_a = Team.objects.create(name="Alpha", slug="a")
     team_b = Team.objects.create(name="Beta", slug="b")

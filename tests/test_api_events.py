@@ -61,6 +61,7 @@ def test_an_event_without_cost_is_priced_by_the_server(api, w):
     assert Decimal(body["events"][0]["cost_usd"]) == Decimal("0.00725")
     event = Event.objects.get(tracking_id=tracking_id)
     assert event.cost_usd == Decimal("0.00725")
+    assert event.cost_saved_usd == Decimal("0.00025")  # 200 cached tokens x ($2.50 - $1.25)
     assert event.cost_source == body["events"][0]["cost_source"] != "client"
     assert (event.team, event.source, event.feature) == (w.team_a, "api", "search")
     assert event.status == "SUCCESS"
@@ -324,7 +325,9 @@ def test_secrets_in_error_messages_are_redacted(api):
 def test_list_is_newest_first_filtered_and_paginated(api, w):
     now = timezone.now()
     for i in range(5):
-        make_event(w.team_a, feature="chat" if i % 2 else "search", created_at=now - dt.timedelta(hours=i))
+        make_event(
+            w.team_a, feature="chat" if i % 2 else "search", created_at=now - dt.timedelta(hours=i)
+        )
     make_event(w.team_b, feature="chat")
     page = api.get(EVENTS, {"page_size": 2}).json()
     assert len(page["results"]) == 2 and page["next"]

@@ -36,8 +36,12 @@ def w():
         event_payload(feature="chat", status="ERROR", input_tokens=0, output_tokens=0),
     ]
     b_events = [event_payload(feature="search", cost_usd="0.5")]
-    assert post_json(world.client("key_a"), f"{API}events/", {"events": a_events}).status_code == 202
-    assert post_json(world.client("key_b"), f"{API}events/", {"events": b_events}).status_code == 202
+    assert (
+        post_json(world.client("key_a"), f"{API}events/", {"events": a_events}).status_code == 202
+    )
+    assert (
+        post_json(world.client("key_b"), f"{API}events/", {"events": b_events}).status_code == 202
+    )
     return world
 
 
@@ -70,7 +74,9 @@ def test_api_query_layer_command_and_admin_page_agree(w):
     superuser = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
     admin = Client()
     admin.force_login(superuser)
-    page = admin.get(reverse("admin:fluxgate_report"), {"by": "feature", "team": "a", "format": "csv"})
+    page = admin.get(
+        reverse("admin:fluxgate_report"), {"by": "feature", "team": "a", "format": "csv"}
+    )
     assert page.status_code == 200
     lines = list(csv.DictReader(io.StringIO(page.content.decode())))
     csv_costs = {line["key"] or line["label"]: Decimal(line["cost_usd"]) for line in lines}

@@ -85,12 +85,26 @@ def wsgi_app():
         request_finished.connect(close_old_connections)
 
 
-EXAMPLES = settings(
-    max_examples=30,
-    deadline=None,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+EXAMPLES = {
+    # Valid requests, then requests that break the schema (wrong types, bad values...).
+    GenerationMode.POSITIVE: settings(
+        max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    ),
+    GenerationMode.NEGATIVE: settings(
+        max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    ),
+}
+
+#: Writes an API key is refused before its body is read (see test_api_permissions):
+#: generating bodies for them as a key would only test the 403 again.
+_KEY_REFUSED = ("POST /fluxgate/api/teams/", "/fluxgate/api/budgets/", "/fluxgate/api/api-keys/")
+
+
+def _refused_to_keys(label: str) -> bool:
+    method, path = label.split(" ", 1)
+    return method != "GET" and any(
+        label.startswith(prefix) or path.startswith(prefix) for prefix in _KEY_REFUSED
+    )
 
 
 def _auth(world, who: str) -> dict:
@@ -114,8 +128,8 @@ def _auth(world, who: str) -> dict:
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 @pytest.mark.parametrize("who", ["key", "staff"])
 def test_generated_requests_never_get_a_5xx(wsgi_app, who, mode):
-    """Up to 30 generated requests per operation (valid ones, then invalid ones), as team
-    A's key and as staff: no 5xx; 2xx responses conform to the schema."""
+    """Up to 30 valid and 20 invalid generated requests per operation, as team A's key and
+    as staff (with session and CSRF token): no 5xx; 2xx responses conform to the schema."""
     world = make_world()
     make_event(world.team_a)
     make_budget(world.team_a)
@@ -126,8 +140,10 @@ def test_generated_requests_never_get_a_5xx(wsgi_app, who, mode):
     for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
+        if who == "key" and _refused_to_keys(operation.label):
+            continue
 
-        @EXAMPLES
+        @EXAMPLES[mode]
         @given(case=operation.as_strategy(generation_mode=mode))
         def run(case):
             response = case.call(**auth)

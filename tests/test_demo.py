@@ -48,8 +48,10 @@ def run_demo(**options) -> str:
 def test_demo_records_a_realistic_workload_and_prints_the_cost_table():
     output = run_demo(calls=20)
 
-    events = Event.objects.all()
+    # Only this run's events (another test's committed leftovers must not confuse this one).
+    events = Event.objects.filter(metadata__has_key="demo_run")
     assert events.count() == 20
+    assert len(set(events.values_list("metadata__demo_run", flat=True))) == 1
     assert set(events.values_list("feature", flat=True)) == DEMO_FEATURES
     assert {"openai", "anthropic"} <= set(events.values_list("provider", flat=True))
 
@@ -89,7 +91,7 @@ def test_demo_is_rerunnable_and_never_resets_the_admin_password():
     assert "admin (existing user, password unchanged)" in output
     assert User.objects.get(username="admin").check_password("s3cret-pass")
     assert set(Team.objects.values_list("slug", flat=True)) == {"search", "support", "growth"}
-    assert Event.objects.count() == 6
+    assert Event.objects.filter(metadata__has_key="demo_run").count() == 6
 
 
 def test_cost_table_never_shows_unpriced_as_zero():
@@ -97,13 +99,15 @@ def test_cost_table_never_shows_unpriced_as_zero():
         FeatureCost("chat", 3, 1, 300, 30, Decimal("0.0123456789"), 0, 41.5),
         FeatureCost("mixed", 2, 0, 200, 20, Decimal("0.001"), 1, 10.0),
         FeatureCost("self-hosted", 2, 0, 200, 20, None, 2, None),
+        FeatureCost("tiny", 1, 0, 10, 0, Decimal("0.0000002"), 0, 3.0),
     ]
     lines = format_cost_table(rows).splitlines()
     assert lines[0] == "Cost by feature"
-    chat, mixed, hosted = lines[3:6]
+    chat, mixed, hosted, tiny = lines[3:7]
     assert "$0.012346" in chat and chat.endswith("42")
     assert "$0.001000 + 1 unpriced" in mixed
     assert hosted.split()[-2:] == ["unpriced", "-"]
+    assert "<$0.000001" in tiny  # priced, but less than the table shows: not "$0.000000"
     assert "$0.013346 + 3 unpriced" in lines[-1]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import threading
 import time
@@ -173,7 +174,8 @@ def test_real_runs_leave_no_state_behind():
     config = {"callbacks": [handler]}
 
     def model():
-        return GenericFakeChatModel(messages=iter(AIMessage("a b c d") for _ in range(10_000)))
+        # itertools.repeat, not a generator: batch() calls next() from several threads.
+        return GenericFakeChatModel(messages=itertools.repeat(AIMessage("a b c d")))
 
     llm = model()
     chain = RunnableLambda(lambda x: x, name="prep") | llm

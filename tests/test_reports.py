@@ -3,16 +3,18 @@ rebuild from events, and a breakdown computed by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import math
 import random
+import threading
 import uuid
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import DatabaseError
 from django.test import override_settings
 from django.utils import timezone
@@ -21,7 +23,7 @@ from fluxgate_django import track_openai
 from fluxgate_django.models import EndUserUsageRollup, Event, Team, UsageRollup
 from fluxgate_django.recording import write_events
 from fluxgate_django.records import EventRecord
-from fluxgate_django.reports import breakdown, compare, last_days, preset_range, timeseries
+from fluxgate_django.reports import breakdown, compare, last_days, preset_range, rollups, timeseries
 from fluxgate_django.reports.chart import stacked_bar_chart
 from fluxgate_django.reports.histogram import (
     BUCKET_COUNT,
@@ -297,6 +299,45 @@ def test_incremental_rollups_equal_a_rebuild_from_events(time_zone):
         assert {r[0] for r in incremental[0]} == {event_day(d) for d in days}
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_written_twice_at_once_is_counted_once(monkeypatch):
+    """Two writers with the same batch reach the INSERT together (a requeued Celery
+    message, a re-sent ingest batch): the rollups still equal a rebuild."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (DATABASE_URL=postgres://...): concurrent writers")
+    from fluxgate_django.recording import base
+
+    Team.objects.create(name="A", slug="a")
+    records = random_records(random.Random(9), 200, [None, "a"])
+    together = threading.Barrier(2, timeout=10)
+    insert = base._insert
+
+    def insert_together(*args: Any, **kwargs: Any) -> Any:
+        together.wait()
+        return insert(*args, **kwargs)
+
+    monkeypatch.setattr(base, "_insert", insert_together)
+
+    def write() -> None:
+        try:
+            write_events([dataclasses.replace(r) for r in records])
+        finally:
+            connection.close()
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(30)
+    assert Event.objects.count() == 200
+    incremental = all_rollups()
+    assert sum(r.requests + r.budget_blocked for r in UsageRollup.objects.all()) == 200
+    rebuild_rollups()
+    assert all_rollups() == incremental
+
+
 @pytest.mark.django_db
 def test_rebuild_puts_back_what_was_lost_and_keeps_other_days(capsys):
     make_dataset()
@@ -311,6 +352,8 @@ def test_rebuild_puts_back_what_was_lost_and_keeps_other_days(capsys):
     assert {r[6] for r in rebuilt[1] if r[0] < event_day(noon(1))} == {99}
     call_command("fluxgate_rebuild_rollups")
     assert all_rollups() == expected
+    with pytest.raises(CommandError):
+        call_command("fluxgate_rebuild_rollups", "--since", "last week")
 
 
 @pytest.mark.django_db
@@ -324,6 +367,23 @@ def test_a_failing_rollup_write_loses_no_event(monkeypatch, caplog):
     assert Event.objects.count() == 1
     assert not UsageRollup.objects.exists()
     assert "report rollups" in caplog.text
+
+
+@pytest.mark.django_db
+def test_the_update_or_insert_fallback_gives_the_same_rows(monkeypatch):
+    """Databases without ON CONFLICT add a batch with an UPDATE, or an INSERT, per group."""
+    make_dataset()
+    expected = all_rollups()
+    UsageRollup.objects.all().delete()
+    EndUserUsageRollup.objects.all().delete()
+    records = random_records(random.Random(3), 50, [None, "search"])
+    rebuild_rollups()
+    monkeypatch.setattr(rollups, "UPSERT_VENDORS", ())
+    write_events(records)
+    monkeypatch.undo()
+    fallback = all_rollups()
+    rebuild_rollups()
+    assert fallback == all_rollups() != expected
 
 
 def test_money_units_round_like_a_numeric_column():

@@ -4,6 +4,7 @@ query layer and as the hand-computed report, CSV export, and who may see which t
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import re
@@ -144,6 +145,11 @@ def test_filters_ranges_and_dimensions_on_the_page(admin_client, teams):
     start, end = last_days(3)
     custom = admin_client.get(report_url(f"by=day&start={start}&end={end}"))
     assert len(custom.context["report"].rows) == 3
+    long = admin_client.get(report_url(f"start=1990-01-01&end={end}"))
+    assert long.context["req"].start == end - dt.timedelta(days=365)
+    assert "at most 366 days" in long.content.decode()
+    preset = admin_client.get(report_url(f"start={last_days(7)[0]}&end={end}"))
+    assert preset.context["req"].preset == "7d"  # the "Last 7 days" pill stays lit
     bad = admin_client.get(report_url("by=colour&start=yesterday"))
     assert bad.status_code == 200
     assert len(bad.context["req"].errors) == 2

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import http.server
+import json
+import threading
 from decimal import Decimal
 
 import pytest
@@ -71,7 +74,8 @@ def test_generate_content_is_priced_exactly_with_thoughts_and_cached_tokens(clie
         FLASH,
         FLASH,
     )
-    assert (event.feature, event.step, event.finish_reason) == ("release-notes", "summarise", "STOP")
+    assert (event.feature, event.step) == ("release-notes", "summarise")
+    assert event.finish_reason == "STOP"
     assert event.latency_ms > 0 and not event.streamed
     request = fake.last_request
     assert request.path.endswith(f"/models/{FLASH}:generateContent") and not request.stream
@@ -303,7 +307,7 @@ def test_with_context_binds_attribution_to_a_tracked_copy(client, fake):
 
     # A copy shares the original's connections: dropping or closing it leaves them open.
     support.close()
-    del support, chat
+    support = chat = None
     gc.collect()
     assert client.models.generate_content(model=FLASH, contents=PROMPT).fluxgate
 
@@ -321,6 +325,54 @@ def test_drop_in_untracked_methods_pass_through(client, fake):
     assert Event.objects.count() == 1  # one event per call, however often tracked
     stream = client.models.generate_content_stream(model=FLASH, contents=PROMPT)
     assert isinstance(stream, GeminiStream) and stream.gi_running is False  # generator attrs
+
+
+def test_each_automatic_function_calling_request_is_its_own_event():
+    """The SDK calls the tool and asks again: two billed requests, two events."""
+    prompts = []
+
+    class Gemini(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompts.append(100 * (len(prompts) + 1))  # the history grows with each round
+            call = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+            part = call if len(prompts) == 1 else {"text": "Sunny."}
+            body = json.dumps(
+                {
+                    "candidates": [{"content": {"role": "model", "parts": [part]}}],
+                    "usageMetadata": {"promptTokenCount": prompts[-1], "candidatesTokenCount": 10},
+                    "modelVersion": FLASH,
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Gemini)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        client = track_gemini(genai.Client(api_key="k", http_options={"base_url": url}))
+        config = types.GenerateContentConfig(tools=[get_weather])
+        response = client.models.generate_content(model=FLASH, contents=PROMPT, config=config)
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert response.text == "Sunny."
+    events = list(Event.objects.order_by("created_at"))
+    assert [e.input_tokens for e in events] == [100, 200]
+    assert response.fluxgate.tracking_id == events[-1].tracking_id  # the answer's request
+    assert sum(e.cost_usd for e in events) == 300 * IN + 20 * OUT
 
 
 def test_track_gemini_rejects_other_clients(openai_client):

@@ -14,4 +14,6 @@ urlpatterns = [
     path("ctx/achat/", views.achat, name="achat"),
     path("ctx/stream/", views.stream, name="stream"),
     path("ctx/astream/", views.astream, name="astream"),
+    # Celery context propagation (tests/test_celery.py)
+    path("celery/enqueue/", views.enqueue_llm_task, name="enqueue_llm_task"),
 ]

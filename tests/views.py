@@ -108,3 +108,11 @@ async def astream(request: HttpRequest) -> StreamingHttpResponse:
             yield json.dumps(context_json(current_context())) + "\n"
 
     return StreamingHttpResponse(body(), content_type="application/x-ndjson")
+
+
+def enqueue_llm_task(request: HttpRequest) -> JsonResponse:
+    """Enqueue ``tests.ask_llm`` (tests/celery_tasks.py): the task inherits this request's
+    tracking context (tests/test_celery.py)."""
+    from tests.celery_tasks import ask_llm
+
+    return JsonResponse({"task_id": ask_llm.delay().id})

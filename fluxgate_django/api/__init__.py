@@ -8,5 +8,6 @@ Modules: :mod:`.authentication` (API keys), :mod:`.permissions` (who sees which 
 :mod:`.ingest` (validating and recording posted events), :mod:`.serializers`,
 :mod:`.views` (events, teams, budgets, API keys), :mod:`.reports` (report endpoints),
 :mod:`.schema` (OpenAPI schema and docs page), :mod:`.throttling`, :mod:`.base` (what
-every FluxGate API view shares), :mod:`.service_urls` (the LLM-service endpoints).
+every FluxGate API view shares), :mod:`.service_urls` and :mod:`.service_views` (the
+LLM-service endpoints).
 """

@@ -144,8 +144,7 @@ class FluxGateViewSetMixin:
             # DRF reads request.body (Django's size check) before our parser: answer the
             # same JSON 413 as the parser does, not Django's HTML 400.
             exc = RequestTooLarge(
-                "Request body larger than DATA_UPLOAD_MAX_MEMORY_SIZE; send fewer events "
-                "per batch."
+                "Request body larger than DATA_UPLOAD_MAX_MEMORY_SIZE; send fewer events per batch."
             )
         return super().handle_exception(exc)  # type: ignore[misc]
 

@@ -51,10 +51,14 @@ INGEST_SOURCES = (Source.API.value, Source.LANGCHAIN.value)
 STATUSES = tuple(s.value for s in Status)
 
 
+def _column_length(name: str) -> int | None:
+    return getattr(Event._meta.get_field(name), "max_length", None)
+
+
 def _text(name: str, **kwargs: Any) -> serializers.CharField:
     """An optional text field bounded like the ``Event`` column it is stored in."""
     return serializers.CharField(
-        max_length=kwargs.pop("max_length", None) or Event._meta.get_field(name).max_length,
+        max_length=kwargs.pop("max_length", None) or _column_length(name),
         required=False,
         allow_blank=True,
         allow_null=True,
@@ -134,7 +138,7 @@ class EventIngestSerializer(serializers.Serializer):
         "Generated when absent (then a retry would store the event twice).",
     )
     created_at = serializers.DateTimeField(required=False, help_text="Default: now.")
-    provider = serializers.CharField(max_length=Event._meta.get_field("provider").max_length)
+    provider = serializers.CharField(max_length=_column_length("provider"))
     model = _text("model", help_text="The model that served the call.")
     requested_model = _text("requested_model")
     operation = _text("operation", help_text="chat, completion, embeddings, responses...")
@@ -348,7 +352,9 @@ def to_record(data: dict[str, Any], team: Team) -> EventRecord:
     record.created_at = data.get("created_at") or record.created_at
     record.error_type = data["error_type"]
     record.error_message = redact_secrets(data["error_message"])
-    record.cost_saved_usd = data.get("cost_saved_usd")
+    if data.get("cost_saved_usd") is not None or cost is not None:
+        # The client's own figures; otherwise the saving priced here (cache reads).
+        record.cost_saved_usd = data.get("cost_saved_usd")
     record.cache_hit = data["cache_hit"]
     record.fallback_attempt = data["fallback_attempt"]
     record.run_id = data["run_id"]

@@ -41,17 +41,19 @@ class ReportParamsSerializer(TeamFilterMixin, serializers.Serializer):
     )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        start, end = attrs.get("start"), attrs.get("end")
+        start: dt.date | None = attrs.get("start")
+        end: dt.date | None = attrs.get("end")
         preset_start, preset_end = queries.preset_range(
             attrs.get("range") or queries.DEFAULT_PRESET
         )
         span = (preset_end - preset_start).days
-        if start is None and end is None:
-            start, end = preset_start, preset_end
+        # One of start and end alone: a range as long as the preset's from (or to) it.
+        if end is None:
+            end = preset_end if start is None else _shift(start, span)
+            if start is None:
+                start = preset_start
         elif start is None:
             start = _shift(end, -span)
-        elif end is None:
-            end = _shift(start, span)
         if start > end:
             raise serializers.ValidationError({"end": ["Must not be before start."]})
         if (end - start).days + 1 > MAX_REPORT_DAYS:
@@ -110,13 +112,19 @@ class BreakdownRowSerializer(serializers.Serializer):
     cache_write_tokens = serializers.IntegerField()
     reasoning_tokens = serializers.IntegerField()
     cost_usd = serializers.DecimalField(
-        max_digits=30, decimal_places=10, allow_null=True, help_text="null: unpriced."
+        max_digits=30,
+        decimal_places=10,
+        coerce_to_string=True,
+        allow_null=True,
+        help_text="null: unpriced.",
     )
     unpriced = serializers.IntegerField()
     cost_per_request_usd = serializers.DecimalField(
-        max_digits=30, decimal_places=10, allow_null=True
+        max_digits=30, decimal_places=10, coerce_to_string=True, allow_null=True
     )
-    cost_saved_usd = serializers.DecimalField(max_digits=30, decimal_places=10)
+    cost_saved_usd = serializers.DecimalField(
+        max_digits=30, decimal_places=10, coerce_to_string=True
+    )
     p50_latency_ms = serializers.FloatField(allow_null=True)
     p95_latency_ms = serializers.FloatField(allow_null=True)
     share_of_cost = serializers.FloatField(allow_null=True)
@@ -133,7 +141,9 @@ class BreakdownSerializer(serializers.Serializer):
 class SeriesSerializer(serializers.Serializer):
     key = serializers.CharField()
     label = serializers.CharField()
-    costs = serializers.ListField(child=serializers.DecimalField(max_digits=30, decimal_places=10))
+    costs = serializers.ListField(
+        child=serializers.DecimalField(max_digits=30, decimal_places=10, coerce_to_string=True)
+    )
 
 
 class TimeseriesSerializer(serializers.Serializer):

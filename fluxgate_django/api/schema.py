@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
+from django.http import HttpResponse, HttpResponseNotFound
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.generators import EndpointEnumerator, SchemaGenerator
 from drf_spectacular.settings import patched_settings
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
-from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
 #: drf-spectacular settings used for FluxGate's schema and docs page.
@@ -73,8 +73,6 @@ class FluxGateEndpointEnumerator(EndpointEnumerator):
         cls = getattr(callback, "cls", None)
         if cls is None or not cls.__module__.startswith("fluxgate_django."):
             return False
-        if issubclass(cls, (SchemaView, DocsView)):
-            return False
         return super().should_include_endpoint(path, callback)
 
 
@@ -92,6 +90,7 @@ class SchemaView(SpectacularAPIView):
     serve_public = True
     urlconf = None
     versioning_class = None
+    schema = None  # not part of the schema it serves (nor of a site-wide one)
 
 
 class DocsView(SpectacularSwaggerView):
@@ -101,8 +100,15 @@ class DocsView(SpectacularSwaggerView):
     permission_classes = [AllowAny]
     title = SCHEMA_SETTINGS["TITLE"]
     versioning_class = None
+    schema = None
 
-    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not apps.is_installed("drf_spectacular"):
+            # Its templates are needed: say so rather than fail with a 500.
+            return HttpResponseNotFound(
+                "The API docs page needs 'drf_spectacular' in INSTALLED_APPS.",
+                content_type="text/plain",
+            )
         with patched_settings(_docs_settings()):
             return super().get(request, *args, **kwargs)
 

@@ -40,22 +40,21 @@ class DateOrDateTimeField(serializers.Field):
         super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> dt.datetime:
+        invalid = serializers.ValidationError(self.error_messages["invalid"], code="invalid")
         if not isinstance(data, str) or len(data) > 64:
-            self.fail("invalid")
+            raise invalid
         try:
             # A date first: parse_datetime() takes "2025-01-31" as that day's midnight.
             day = parse_date(data)
             moment = None if day is not None else parse_datetime(data)
         except ValueError:
-            self.fail("invalid")
+            raise invalid from None
         tz = timezone.get_current_timezone()
         if moment is not None:
             return moment if timezone.is_aware(moment) else timezone.make_aware(moment, tz)
-        if day is None:
-            self.fail("invalid")
+        if day is None or (self.end_of_day and day == dt.date.max):
+            raise invalid
         if self.end_of_day:
-            if day == dt.date.max:
-                self.fail("invalid")
             day += dt.timedelta(days=1)
         return timezone.make_aware(dt.datetime.combine(day, dt.time.min), tz)
 
@@ -114,8 +113,12 @@ class EventSerializer(serializers.ModelSerializer):
 
     team = serializers.CharField(source="team.slug", read_only=True, allow_null=True)
     user = serializers.IntegerField(source="user_id", read_only=True, allow_null=True)
-    cost_usd = serializers.DecimalField(**COST_FIELD, coerce_to_string=True, read_only=True)
-    cost_saved_usd = serializers.DecimalField(**COST_FIELD, coerce_to_string=True, read_only=True)
+    cost_usd = serializers.DecimalField(
+        **COST_FIELD, coerce_to_string=True, read_only=True, allow_null=True
+    )
+    cost_saved_usd = serializers.DecimalField(
+        **COST_FIELD, coerce_to_string=True, read_only=True, allow_null=True
+    )
 
     class Meta:
         model = Event
@@ -193,6 +196,9 @@ class ManagedTeamField(serializers.SlugRelatedField):
 
 # -- budgets ----------------------------------------------------------------------------
 
+#: How the read-only money fields look in the schema: decimal strings, like every amount.
+_DECIMAL_STRING = serializers.DecimalField(max_digits=30, decimal_places=10, coerce_to_string=True)
+
 
 class BudgetSerializer(serializers.ModelSerializer):
     """A budget and the state of its current window (read-only)."""
@@ -265,17 +271,17 @@ class BudgetSerializer(serializers.ModelSerializer):
     def get_window_start(self, obj: Budget) -> dt.date:
         return window_start(obj.period)
 
-    @extend_schema_field(OpenApiTypes.DECIMAL)
+    @extend_schema_field(_DECIMAL_STRING)
     def get_spent_usd(self, obj: Budget) -> str:
         counter = self._counter(obj)
         return _money(counter.spent if counter else Decimal(0))
 
-    @extend_schema_field(OpenApiTypes.DECIMAL)
+    @extend_schema_field(_DECIMAL_STRING)
     def get_reserved_usd(self, obj: Budget) -> str:
         counter = self._counter(obj)
         return _money(counter.reserved if counter else Decimal(0))
 
-    @extend_schema_field(OpenApiTypes.DECIMAL)
+    @extend_schema_field(_DECIMAL_STRING)
     def get_percent_used(self, obj: Budget) -> str:
         counter = self._counter(obj)
         return str(counter.percent_used if counter else Decimal("0.0"))

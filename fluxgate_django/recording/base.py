@@ -158,7 +158,9 @@ def _drop_dangling_links(
 
 
 class _Inserter:
-    """One prepared ``INSERT ... ON CONFLICT DO NOTHING`` for events, run with executemany.
+    """``INSERT ... ON CONFLICT DO NOTHING`` for events: one statement run with executemany
+    or, where the database can say which rows it inserted (PostgreSQL), multi-row
+    ``VALUES`` with ``RETURNING tracking_id``.
 
     ``bulk_create`` builds a model instance and compiles SQL per row (~50 µs an event);
     the writer thread shares the GIL with the callers' LLM calls, so it is kept lean:
@@ -177,15 +179,20 @@ class _Inserter:
         ops = conn.ops
         qn = ops.quote_name
         columns = ", ".join(qn(f.column) for f in fields)
-        placeholders = ", ".join(["%s"] * len(fields))
-        self.sql = (
+        self.row = f"({', '.join(['%s'] * len(fields))})"
+        self.head = (
             f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} "
-            f"{qn(Event._meta.db_table)} ({columns}) VALUES ({placeholders})"
-            f"{ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, None, None) or ''}"
+            f"{qn(Event._meta.db_table)} ({columns}) VALUES "
         )
+        self.tail = ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, None, None) or ""
+        self.sql = f"{self.head}{self.row}{self.tail}"
+        self.returning = f"{self.tail} RETURNING {qn(Event._meta.get_field('tracking_id').column)}"
         self.fields = [
             (f.attname, f if f.get_internal_type() in self._ADAPTED else None) for f in fields
         ]
+
+    def multirow_sql(self, rows: int) -> str:
+        return f"{self.head}{', '.join([self.row] * rows)}{self.returning}"
 
     def params(self, values: dict[str, Any], conn: Any) -> tuple[Any, ...]:
         return tuple(
@@ -197,23 +204,49 @@ class _Inserter:
 _inserters: dict[str, _Inserter] = {}
 
 
-def _insert(records: Sequence[EventRecord], team_ids: dict[str, int | None]) -> None:
+def _insert(
+    records: Sequence[EventRecord], team_ids: dict[str, int | None], *, returning: bool = False
+) -> set[Any] | None:
+    """Insert the rows, skipping tracking ids already stored. With ``returning`` (PostgreSQL)
+    returns the tracking ids this statement inserted: a row another transaction is
+    inserting at the same moment is waited for, and counted there, not here."""
     conn = connections[DEFAULT_DB_ALIAS]  # this thread's connection, not the proxy
     inserter = _inserters.get(conn.vendor)
     if inserter is None:
         inserter = _inserters[conn.vendor] = _Inserter(conn)
     params = [inserter.params(_column_values(r, team_ids), conn) for r in records]
+    inserted: set[Any] = set()
     with conn.cursor() as cursor:
         for start in range(0, len(params), 1000):
-            cursor.executemany(inserter.sql, params[start : start + 1000])
+            chunk = params[start : start + 1000]
+            if not returning:
+                cursor.executemany(inserter.sql, chunk)
+                continue
+            cursor.execute(inserter.multirow_sql(len(chunk)), [v for row in chunk for v in row])
+            inserted.update(row[0] for row in cursor.fetchall())
+    return inserted if returning else None
 
 
-def write_events(records: Sequence[EventRecord], *, replay_spool: bool = True) -> int:
+def _inserted_records(records: Sequence[EventRecord], inserted: set[Any]) -> list[EventRecord]:
+    """The records whose rows this transaction inserted (the first of a repeated id)."""
+    fresh = []
+    for record in records:
+        if record.tracking_id in inserted:
+            inserted.discard(record.tracking_id)
+            fresh.append(record)
+    return fresh
+
+
+def write_events(
+    records: Sequence[EventRecord], *, replay_spool: bool = True, spool_on_error: bool = True
+) -> int:
     """Insert ``records`` (duplicates by ``tracking_id`` are skipped) and settle the budget
     reservations they carry, in one transaction.
 
     If the database is unreachable the records go to the spool instead, and are written
     by a later successful call. Returns how many records were written (not spooled).
+    With ``spool_on_error=False`` the ``DatabaseError`` is raised instead (the Celery
+    task: its batch stays in the broker and is retried).
     """
     if not records:
         return 0
@@ -221,15 +254,32 @@ def write_events(records: Sequence[EventRecord], *, replay_spool: bool = True) -
         team_ids = _team_ids.resolve(records)
         records = _drop_dangling_links(records, team_ids)
         with transaction.atomic():
-            settlement = _settlement(records)
-            rollup = _rollup_batch(records, team_ids)
-            try:
-                with transaction.atomic():
-                    _insert(records, team_ids)
-            except IntegrityError:
-                # A row points at a user or team deleted meanwhile: keep the event, drop
-                # the link.
-                _write_one_by_one([to_event(r, team_ids) for r in records])
+            fresh = None
+            if connections[DEFAULT_DB_ALIAS].vendor == "postgresql":
+                # Settle and count exactly the rows this transaction inserts, even when
+                # the same batch is being written at the same moment by another worker.
+                _note_estimate_charges(records)
+                try:
+                    with transaction.atomic():
+                        fresh = _inserted_records(
+                            records, _insert(records, team_ids, returning=True) or set()
+                        )
+                except IntegrityError:
+                    fresh = None
+            if fresh is not None:
+                settlement = _settlement_of(fresh)
+                rollup = _rollup_batch(fresh, team_ids, stored_checked=True)
+            else:
+                # Elsewhere: leave out the records stored before, then insert.
+                settlement = _settlement(records)
+                rollup = _rollup_batch(records, team_ids)
+                try:
+                    with transaction.atomic():
+                        _insert(records, team_ids)
+                except IntegrityError:
+                    # A row points at a user or team deleted meanwhile: keep the event,
+                    # drop the link.
+                    _write_one_by_one([to_event(r, team_ids) for r in records])
             _save_rollup(rollup)
             if settlement:
                 from ..alerts import check_thresholds
@@ -238,6 +288,9 @@ def write_events(records: Sequence[EventRecord], *, replay_spool: bool = True) -
                 settle_counters(settlement)
                 check_thresholds(list(settlement))
     except DatabaseError:
+        if not spool_on_error:
+            _discard_broken_connection()
+            raise
         logger.warning(
             "FluxGate could not write %d events to the database; spooling them",
             len(records),
@@ -268,13 +321,44 @@ def _settlement(records: Sequence[EventRecord]) -> dict[int, tuple[int, int]]:
     return settlement_for(r for r in reserved if r.tracking_id not in stored)
 
 
-def _rollup_batch(records: Sequence[EventRecord], team_ids: dict[str, int | None]) -> Any:
-    """The report rollups' deltas of the records not stored yet (queried before the insert)."""
+def _settlement_of(fresh: Sequence[EventRecord]) -> dict[int, tuple[int, int]]:
+    """Budget settlements of records just inserted by this transaction."""
+    reserved = [r for r in fresh if r.budget_reservation]
+    if not reserved:
+        return {}
+    from ..budgets import settlement_for
+
+    return settlement_for(reserved)
+
+
+def _note_estimate_charges(records: Sequence[EventRecord]) -> None:
+    """Note on each unpriced record charged its estimate (in its metadata, before it is
+    stored); the settlement itself is computed once the insert says which are new."""
+    reserved = [r for r in records if r.budget_reservation]
+    if reserved:
+        from ..budgets import settlement_for
+
+        settlement_for(reserved)
+
+
+def _rollup_batch(
+    records: Sequence[EventRecord],
+    team_ids: dict[str, int | None],
+    *,
+    stored_checked: bool = False,
+) -> Any:
+    """The report rollups' deltas of the records not stored yet (queried before the insert,
+    unless ``stored_checked``: they are the ones this transaction just inserted)."""
     from ..errors import capture_internal_exceptions
     from ..reports.rollups import RollupBatch
 
     with capture_internal_exceptions("report rollups"):
-        return RollupBatch.for_records(records, team_ids)
+        if not stored_checked:
+            return RollupBatch.for_records(records, team_ids)
+        batch = RollupBatch()
+        for record in records:
+            batch.add(_column_values(record, team_ids))
+        return batch
     return None
 
 

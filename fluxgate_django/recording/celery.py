@@ -6,6 +6,13 @@ the broker as ONE task (``fluxgate.record_events``), not one task per event. The
 broker deliver the batch again without duplicates. When the broker can't be reached the
 batch is written to the database directly, and if that fails too it is spooled — a
 broker outage loses nothing.
+
+The batch is published from the recorder's writer thread, where Celery has no current
+app of its own (Celery keeps the current app per thread, and a thread without one gets
+an unconfigured fallback app that talks to ``amqp://localhost``). So the recorder finds
+the site's app itself: ``FLUXGATE["CELERY_APP"]`` (a dotted path, or the app) if set,
+else the app current in the thread that set it, else the one Celery app the process
+created. A site with several Celery apps should set ``CELERY_APP``.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.utils.module_loading import import_string
+
+from ..conf import fluxgate_settings
 from ..records import EventRecord
 from .base import write_events
 from .thread import ThreadRecorder
@@ -22,14 +32,24 @@ logger = logging.getLogger("fluxgate.recording")
 #: Publishing must fail fast when the broker is down: the batch then goes to the database.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2}
 
+TASK_NAME = "fluxgate.record_events"
+
 
 class CeleryRecorder(ThreadRecorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self._app: Any = None
+
     def persist(self, batch: list[EventRecord]) -> None:
-        from ..tasks import record_events
+        from .. import tasks  # noqa: F401  (registers the task with the app)
 
         payload = [record.to_json() for record in batch]
         try:
-            record_events.apply_async(args=[payload], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+            app = self._app or site_celery_app()
+            if not _is_celery_fallback(app):
+                self._app = app  # found for good (a fallback: look again next batch)
+            task = app.tasks[TASK_NAME]
+            task.apply_async(args=[payload], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
         except Exception as exc:  # kombu/redis/amqp connection errors differ per transport
             logger.warning(
                 "FluxGate could not send %d events to the broker (%s); writing them directly",
@@ -37,6 +57,25 @@ class CeleryRecorder(ThreadRecorder):
                 type(exc).__name__,
             )
             write_events(batch)
+
+
+def site_celery_app() -> Any:
+    """The site's Celery app (see the module docstring for how it is found)."""
+    configured = fluxgate_settings.CELERY_APP
+    if configured:
+        return import_string(configured) if isinstance(configured, str) else configured
+    from celery import _state
+
+    candidates = (_state._tls.current_app, _state.default_app, *_state._get_active_apps())
+    for app in candidates:
+        if app is not None and not _is_celery_fallback(app):
+            return app
+    return _state.get_current_app()
+
+
+def _is_celery_fallback(app: Any) -> bool:
+    # What ``celery._state`` creates for a thread that has no current app.
+    return app.main == "default" and not app.fixups
 
 
 def payload_records(payload: list[dict[str, Any]]) -> list[EventRecord]:

@@ -4,6 +4,10 @@ Written when the database is unreachable; replayed by the next successful write 
 ``manage.py fluxgate_replay_spool``. Each process appends to its own file; a replay
 claims a file by renaming it, so two processes never replay the same events (and
 replays are idempotent by ``tracking_id`` anyway).
+
+The spool is bounded by ``FLUXGATE["SPOOL_MAX_BYTES"]`` (all its files together): past
+it, events are dropped, never silently — each drop is logged as an error with counts,
+and :data:`dropped` counts them for this process.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import os
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +29,9 @@ logger = logging.getLogger("fluxgate.spool")
 _lock = threading.RLock()
 _pending: bool | None = None  # None: not looked yet in this process
 
+#: Events this process could not spool because the spool was full (each drop is logged).
+dropped = 0
+
 
 def spool_dir() -> Path:
     configured = fluxgate_settings.SPOOL_DIR
@@ -32,17 +40,57 @@ def spool_dir() -> Path:
     return path
 
 
-def append(records: Sequence[EventRecord]) -> None:
-    """Append records durably (fsync'd once per batch)."""
-    global _pending
-    lines = "".join(json.dumps(r.to_json(), separators=(",", ":")) + "\n" for r in records)
+def size_bytes(directory: Path | None = None) -> int:
+    """Bytes held by the spool's files (every process's, replays in progress included)."""
+    total = 0
+    for path in (directory or spool_dir()).glob("*.jsonl"):
+        try:
+            total += path.stat().st_size
+        except OSError:  # claimed and removed by a replay meanwhile
+            pass
+    return total
+
+
+def append(records: Sequence[EventRecord]) -> int:
+    """Append records durably (fsync'd once per batch); returns how many were spooled.
+
+    Records that would take the spool past ``SPOOL_MAX_BYTES`` are dropped, and the
+    drop is logged as an error.
+    """
+    global _pending, dropped
+    lines = [json.dumps(r.to_json(), separators=(",", ":")) + "\n" for r in records]
     with _lock:
-        path = spool_dir() / f"events-{os.getpid()}.jsonl"
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _pending = True
+        directory = spool_dir()
+        limit = int(fluxgate_settings.SPOOL_MAX_BYTES)
+        used = size_bytes(directory)
+        room = limit - used
+        kept = 0
+        for line in lines:
+            size = len(line.encode("utf-8"))
+            if size > room:
+                break
+            room -= size
+            kept += 1
+        if kept:
+            path = directory / f"events-{os.getpid()}.jsonl"
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write("".join(lines[:kept]))
+                fh.flush()
+                os.fsync(fh.fileno())
+            _pending = True
+        if kept < len(lines):
+            dropped += len(lines) - kept
+            logger.error(
+                "FluxGate spool %s is full (%d of %d bytes, SPOOL_MAX_BYTES): dropped %d of "
+                "%d events; %d dropped by this process so far",
+                directory,
+                used,
+                limit,
+                len(lines) - kept,
+                len(lines),
+                dropped,
+            )
+    return kept
 
 
 def has_pending() -> bool:
@@ -56,11 +104,16 @@ def has_pending() -> bool:
 
 
 def replay(write: Callable[..., int]) -> int:
-    """Write every spooled event with ``write(records, replay_spool=False)``; returns count."""
+    """Write every spooled event with ``write(records, replay_spool=False)``; returns count.
+
+    ``write`` is :func:`~fluxgate_django.recording.base.write_events`, which spools what it
+    cannot write: if the database goes away again, the rest stays in the spool.
+    """
     global _pending
     written = 0
     with _lock:
-        for path in sorted(spool_dir().glob("events-*.jsonl")) + _orphaned_replays():
+        directory = spool_dir()
+        for path in sorted(directory.glob("events-*.jsonl")) + _orphaned_replays():
             original = (
                 path.name.split("-", 2)[2] if path.name.startswith("replaying-") else path.name
             )
@@ -70,14 +123,21 @@ def replay(write: Callable[..., int]) -> int:
             except OSError:
                 continue  # another process claimed it
             records = _read(claimed)
-            if records and write(records, replay_spool=False) < len(records):
-                # The database went away again: those records are back in the spool.
-                claimed.unlink(missing_ok=True)
+            try:
+                complete = not records or write(records, replay_spool=False) == len(records)
+            except BaseException:
+                # A bug (not an outage, which ``write`` spools): give the file back, under
+                # a name of its own (this process may have started a new file meanwhile).
+                claimed.rename(directory / f"events-{os.getpid()}-{uuid.uuid4().hex}.jsonl")
+                _pending = True
+                raise
+            # Written, or (the database went away again) back in the spool by ``write``.
+            claimed.unlink(missing_ok=True)
+            if not complete:
                 _pending = True
                 return written
-            claimed.unlink(missing_ok=True)
             written += len(records)
-        _pending = any(spool_dir().glob("events-*.jsonl"))
+        _pending = any(directory.glob("events-*.jsonl"))
     if written:
         logger.info("FluxGate replayed %d spooled events", written)
     return written

@@ -120,9 +120,11 @@ class ThreadRecorder(BaseRecorder):
         try:
             self.persist(batch)
         except Exception as exc:
-            # Never let the writer thread die; under RAISE_ERRORS the next flush() raises.
+            # Never let the writer thread die; under RAISE_ERRORS the next flush() raises
+            # (otherwise the error is only logged: nothing piles up in a long-lived process).
             logger.exception("FluxGate could not write %d events", len(batch))
-            self._errors.append(exc)
+            if fluxgate_settings.RAISE_ERRORS:
+                self._errors.append(exc)
 
     def persist(self, batch: list[EventRecord]) -> None:
         """Store one batch (here: write it to the database; the Celery recorder sends it)."""

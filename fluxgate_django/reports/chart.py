@@ -14,7 +14,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from .export import usd
-from .queries import Timeseries
+from .results import Timeseries
 
 #: Tableau 10: distinguishable, and readable by most colour-blind people.
 PALETTE = (
@@ -59,7 +59,7 @@ def series_colour(index: int, key: str) -> str:
     return OTHER_COLOUR if key == "__other__" else PALETTE[index % len(PALETTE)]
 
 
-def stacked_bar_chart(ts: Timeseries, *, width: int = 1080, height: int = 320) -> SafeString:
+def stacked_bar_chart(ts: Timeseries, *, width: int = 1200, height: int = 320) -> SafeString:
     """The SVG markup of ``ts`` as stacked daily bars with axes and a legend."""
     left, right, top, bottom = 76, 12, 14, 30
     legend_rows = _legend_layout(ts, width - left - right)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from .queries import EXPORT_COLUMNS, Breakdown, BreakdownRow
+from .results import EXPORT_COLUMNS, Breakdown, BreakdownRow
 
 # -- display formats -----------------------------------------------------------------------
 

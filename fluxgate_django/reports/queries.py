@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -37,8 +37,41 @@ from django.conf import settings
 from django.db.models import Sum
 from django.utils import timezone
 
-from .histogram import BUCKET_COUNT, quantile
-from .managers import COUNTER_FIELDS, FILTER_COLUMNS, MEASURE_FIELDS
+from .managers import FILTER_COLUMNS, MEASURE_FIELDS
+from .results import (
+    EXPORT_COLUMNS,
+    Breakdown,
+    BreakdownRow,
+    BudgetState,
+    Series,
+    Timeseries,
+    plain_decimal,
+    sum_rows,
+    usd_from_units,
+)
+
+__all__ = [
+    "DIMENSIONS",
+    "EXPORT_COLUMNS",
+    "FILTERS",
+    "PRESETS",
+    "Breakdown",
+    "BreakdownRow",
+    "BudgetState",
+    "Series",
+    "Timeseries",
+    "breakdown",
+    "budget_state",
+    "compare",
+    "filter_choices",
+    "last_days",
+    "plain_decimal",
+    "preset_range",
+    "resolve_filters",
+    "site_today",
+    "timeseries",
+    "visible_teams",
+]
 
 #: Report dimensions (``?by=``) → rollup column.
 DIMENSIONS: dict[str, str] = {
@@ -59,33 +92,6 @@ PRESETS: dict[str, str] = {
 }
 DEFAULT_PRESET = "30d"
 
-#: The columns of a row in CSV, JSON and API output, in order.
-EXPORT_COLUMNS: tuple[str, ...] = (
-    "key",
-    "label",
-    "requests",
-    "errors",
-    "error_rate",
-    "fallbacks",
-    "fallback_rate",
-    "cache_hits",
-    "cache_hit_rate",
-    "budget_blocked",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "unpriced",
-    "cost_per_request_usd",
-    "cost_saved_usd",
-    "p50_latency_ms",
-    "p95_latency_ms",
-    "share_of_cost",
-)
-
-_MONEY_UNIT = Decimal("1e-10")
 _EMPTY_LABELS = {
     "feature": "(no feature)",
     "team": "(no team)",
@@ -93,259 +99,6 @@ _EMPTY_LABELS = {
     "provider": "(unknown provider)",
     "user": "(anonymous)",
 }
-
-
-def _usd(units: int) -> Decimal:
-    return (Decimal(units) * _MONEY_UNIT).normalize() if units else Decimal(0)
-
-
-def plain_decimal(value: Decimal) -> str:
-    """``Decimal("4.50E-3")`` → ``"0.0045"``; ``0E-10`` → ``"0"``."""
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "0") else text
-
-
-def _rate(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
-
-
-# -- results -------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class BreakdownRow:
-    """The totals of one group of a report (or of the whole report)."""
-
-    key: str
-    label: str
-    requests: int = 0
-    errors: int = 0
-    budget_blocked: int = 0
-    fallbacks: int = 0
-    cache_hits: int = 0
-    priced: int = 0
-    unpriced: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_units: int = 0
-    cost_saved_units: int = 0
-    latency_histogram: tuple[int, ...] = (0,) * BUCKET_COUNT
-    #: This row's cost / the report's total cost (None when the total is 0).
-    share_of_cost: float | None = None
-
-    @classmethod
-    def from_measures(cls, key: str, label: str, measures: Sequence[int]) -> BreakdownRow:
-        """A row from summed measures in ``MEASURE_FIELDS`` order."""
-        counters = dict(zip(COUNTER_FIELDS, measures, strict=False))
-        return cls(
-            key=key,
-            label=label,
-            latency_histogram=tuple(measures[len(COUNTER_FIELDS) :]),
-            **counters,
-        )
-
-    @property
-    def measures(self) -> tuple[int, ...]:
-        return (*(getattr(self, name) for name in COUNTER_FIELDS), *self.latency_histogram)
-
-    @property
-    def cost_usd(self) -> Decimal | None:
-        """Known cost; None when nothing was priced but some calls were unpriced."""
-        if self.priced == 0 and self.unpriced:
-            return None
-        return _usd(self.cost_units)
-
-    @property
-    def cost_saved_usd(self) -> Decimal:
-        return _usd(self.cost_saved_units)
-
-    @property
-    def cost_per_request_usd(self) -> Decimal | None:
-        known = self.requests - self.unpriced
-        if not known or self.cost_usd is None:
-            return None
-        return (_usd(self.cost_units) / known).quantize(_MONEY_UNIT).normalize()
-
-    @property
-    def error_rate(self) -> float | None:
-        return _rate(self.errors, self.requests)
-
-    @property
-    def fallback_rate(self) -> float | None:
-        return _rate(self.fallbacks, self.requests)
-
-    @property
-    def cache_hit_rate(self) -> float | None:
-        return _rate(self.cache_hits, self.requests)
-
-    @property
-    def p50_latency_ms(self) -> float | None:
-        return quantile(self.latency_histogram, 0.5)
-
-    @property
-    def p95_latency_ms(self) -> float | None:
-        return quantile(self.latency_histogram, 0.95)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The row as JSON-safe values (``EXPORT_COLUMNS``): money as decimal strings,
-        rates as fractions rounded to 4 places, latencies in ms rounded to 0.1."""
-
-        def money(value: Decimal | None) -> str | None:
-            return None if value is None else plain_decimal(value)
-
-        def fraction(value: float | None) -> float | None:
-            return None if value is None else round(value, 4)
-
-        def ms(value: float | None) -> float | None:
-            return None if value is None else round(value, 1)
-
-        return {
-            "key": self.key,
-            "label": self.label,
-            "requests": self.requests,
-            "errors": self.errors,
-            "error_rate": fraction(self.error_rate),
-            "fallbacks": self.fallbacks,
-            "fallback_rate": fraction(self.fallback_rate),
-            "cache_hits": self.cache_hits,
-            "cache_hit_rate": fraction(self.cache_hit_rate),
-            "budget_blocked": self.budget_blocked,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_read_tokens": self.cache_read_tokens,
-            "cache_write_tokens": self.cache_write_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-            "cost_usd": money(self.cost_usd),
-            "unpriced": self.unpriced,
-            "cost_per_request_usd": money(self.cost_per_request_usd),
-            "cost_saved_usd": money(self.cost_saved_usd),
-            "p50_latency_ms": ms(self.p50_latency_ms),
-            "p95_latency_ms": ms(self.p95_latency_ms),
-            "share_of_cost": fraction(self.share_of_cost),
-        }
-
-
-def _sum_rows(key: str, label: str, rows: Iterable[BreakdownRow]) -> BreakdownRow:
-    totals = [0] * len(MEASURE_FIELDS)
-    for row in rows:
-        for i, value in enumerate(row.measures):
-            totals[i] += value
-    return BreakdownRow.from_measures(key, label, totals)
-
-
-@dataclasses.dataclass(frozen=True)
-class Breakdown:
-    """A report: one row per value of ``by``, and their total."""
-
-    by: str
-    start: dt.date
-    end: dt.date
-    rows: list[BreakdownRow]
-    total: BreakdownRow
-
-    def __iter__(self) -> Iterator[BreakdownRow]:
-        return iter(self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe: ``{"by", "start", "end", "rows": [...], "total": {...}}``."""
-        return {
-            "by": self.by,
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
-            "rows": [row.as_dict() for row in self.rows],
-            "total": self.total.as_dict(),
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class Series:
-    """One stacked series of a daily chart: cost per day of one group."""
-
-    key: str
-    label: str
-    costs: list[Decimal]
-
-    @property
-    def total(self) -> Decimal:
-        return sum(self.costs, Decimal(0))
-
-
-@dataclasses.dataclass(frozen=True)
-class Timeseries:
-    """Daily cost from ``start`` to ``end`` (every day), split into series by ``by``."""
-
-    by: str
-    days: list[dt.date]
-    series: list[Series]
-
-    @property
-    def day_totals(self) -> list[Decimal]:
-        return [sum((s.costs[i] for s in self.series), Decimal(0)) for i in range(len(self.days))]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "by": self.by,
-            "days": [d.isoformat() for d in self.days],
-            "series": [
-                {"key": s.key, "label": s.label, "costs": [plain_decimal(c) for c in s.costs]}
-                for s in self.series
-            ],
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class BudgetState:
-    """A budget and its current window's spend."""
-
-    budget_id: int
-    team_id: int
-    team_slug: str
-    team_name: str
-    feature: str
-    period: str
-    action: str
-    window_start: dt.date
-    limit_usd: Decimal
-    spent_usd: Decimal
-    reserved_usd: Decimal
-    alert_threshold_percent: int
-
-    @property
-    def percent_used(self) -> Decimal:
-        if not self.limit_usd:
-            return Decimal(0)
-        return (self.spent_usd * 100 / self.limit_usd).quantize(Decimal("0.1"))
-
-    @property
-    def state(self) -> str:
-        """``ok``, ``alert`` (past the alert threshold) or ``over`` (limit reached)."""
-        if self.percent_used >= 100:
-            return "over"
-        if self.percent_used >= self.alert_threshold_percent:
-            return "alert"
-        return "ok"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "budget_id": self.budget_id,
-            "team": self.team_slug,
-            "feature": self.feature,
-            "period": self.period,
-            "action": self.action,
-            "window_start": self.window_start.isoformat(),
-            "limit_usd": plain_decimal(self.limit_usd),
-            "spent_usd": plain_decimal(self.spent_usd),
-            "reserved_usd": plain_decimal(self.reserved_usd),
-            "percent_used": str(self.percent_used),
-            "state": self.state,
-        }
-
 
 # -- permissions and dates -----------------------------------------------------------------
 
@@ -496,7 +249,7 @@ def breakdown(
         )
         for g in grouped
     ]
-    total = _sum_rows("", "Total", rows)
+    total = sum_rows("", "Total", rows)
     rows = [_with_share(row, total.cost_units) for row in rows]
     if by == "day":
         rows.sort(key=lambda r: r.key)
@@ -556,14 +309,18 @@ def timeseries(
     ranked = sorted(cells, key=lambda k: (-sum(cells[k].values()), str(k)))
     if group is None:
         return Timeseries(
-            by, days, [Series("", "Cost", [_usd(cells.get("", {}).get(d, 0)) for d in days])]
+            by,
+            days,
+            [Series("", "Cost", [usd_from_units(cells.get("", {}).get(d, 0)) for d in days])],
         )
     shown, rest = (ranked, []) if len(ranked) <= top else (ranked[: top - 1], ranked[top - 1 :])
     labels = _labels(by, shown)
-    series = [Series(*labels[k], [_usd(cells[k].get(d, 0)) for d in days]) for k in shown]
+    series = [Series(*labels[k], [usd_from_units(cells[k].get(d, 0)) for d in days]) for k in shown]
     if rest:
         other = [sum(cells[k].get(d, 0) for k in rest) for d in days]
-        series.append(Series("__other__", f"Other ({len(rest)})", [_usd(u) for u in other]))
+        series.append(
+            Series("__other__", f"Other ({len(rest)})", [usd_from_units(u) for u in other])
+        )
     return Timeseries(by, days, series)
 
 
@@ -572,10 +329,10 @@ def budget_state(teams: Collection[int] | None = None) -> list[BudgetState]:
     from ..budgets import window_start
     from ..models import Budget, SpendCounter
 
-    budgets = Budget.objects.select_related("team").order_by("team__name", "feature", "period")
+    rows = Budget.objects.select_related("team").order_by("team__name", "feature", "period")
     if teams is not None:
-        budgets = budgets.filter(team_id__in=list(teams))
-    budgets = list(budgets)
+        rows = rows.filter(team_id__in=list(teams))
+    budgets = list(rows)
     windows = {period: window_start(period) for period in Budget.Period.values}
     counters = {
         (c.budget_id, c.window_start): c
@@ -606,12 +363,21 @@ def budget_state(teams: Collection[int] | None = None) -> list[BudgetState]:
     return states
 
 
-def filter_choices(teams: Collection[int] | None = None) -> dict[str, list[Any]]:
-    """Values seen in the rollups of these teams, for filter menus: ``feature``,
-    ``provider``, ``model`` (strings) and ``team`` (``(slug, name)`` pairs)."""
+def filter_choices(
+    teams: Collection[int] | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> dict[str, list[Any]]:
+    """Values seen in the rollups of these teams (between ``start`` and ``end`` if given),
+    for filter menus: ``feature``, ``provider``, ``model`` (strings) and ``team``
+    (``(slug, name)`` pairs, every visible team)."""
     from ..models import Team, UsageRollup
 
     rollups = UsageRollup.objects.for_teams(teams).order_by()
+    if start is not None:
+        rollups = rollups.filter(day__gte=start)
+    if end is not None:
+        rollups = rollups.filter(day__lte=end)
     team_rows = Team.objects.order_by("name")
     if teams is not None:
         team_rows = team_rows.filter(id__in=list(teams))

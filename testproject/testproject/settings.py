@@ -32,6 +32,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # FluxGate's REST API (fluxgate/api/) and its OpenAPI docs page.
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "fluxgate_django",
 ]
 

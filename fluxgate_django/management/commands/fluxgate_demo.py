@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import statistics
 import sys
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -200,7 +201,15 @@ class Command(BaseCommand):
 def fake_provider(fake_url: str | None) -> Iterator[tuple[FakeProvider | None, str]]:
     """``(fake, base_url)``: a running fake at ``fake_url``, else one started here."""
     if fake_url:
-        yield None, fake_url.rstrip("/")
+        base_url = fake_url.rstrip("/")
+        try:
+            urllib.request.urlopen(f"{base_url}/health", timeout=5).close()
+        except OSError as exc:
+            raise CommandError(
+                f"No fake provider answers at {base_url} ({exc}). Start one with "
+                "`python -m fluxgate_django.testing.fake_provider --port 8765`."
+            ) from exc
+        yield None, base_url
         return
     with FakeProvider() as fake:
         yield fake, fake.url
@@ -496,5 +505,6 @@ def format_cost_table(rows: list[FeatureCost]) -> str:
 def _cost_cell(cost: Decimal | None, unpriced: int) -> str:
     if cost is None:
         return "unpriced" if unpriced else "-"
-    text = f"${cost.quantize(Decimal('0.000001'))}"
+    rounded = cost.quantize(Decimal("0.000001"))
+    text = "<$0.000001" if rounded == 0 and cost > 0 else f"${rounded}"
     return f"{text} + {unpriced} unpriced" if unpriced else text

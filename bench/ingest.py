@@ -1,0 +1,391 @@
+"""Events persisted per second through each recorder, against raw ``COPY`` as the ceiling.
+
+    python bench/ingest.py [--events 100000] [--sync-events 5000] [--threads 4]
+        [--postgres postgres://postgres@127.0.0.1:5432/postgres]
+        [--broker redis://127.0.0.1:6379/15] [--concurrency 1] [--profile thread]
+
+Creates a PostgreSQL database ``fluxgate_bench_ingest`` (dropped at the end), generates
+``--events`` priced ``EventRecord``s up front (no LLM calls: the recorder is what is
+measured), and times, on the same rows:
+
+* ``COPY``: psycopg's ``cursor.copy()`` of the rows into the events table (no rollups,
+  no budgets; rows already adapted): the ceiling;
+* ``sync``: ``SyncRecorder.record()`` in a loop (``--sync-events`` of them: one
+  transaction per event);
+* ``thread``: ``--threads`` threads calling ``ThreadRecorder.record()``, then ``flush()``;
+* ``celery``: the same through ``CeleryRecorder`` and one real worker
+  (``celery -A tests.celery_app worker -c --concurrency``), until every row is in the
+  database.
+
+Tables are emptied between runs. It prints events/s and the ratio to ``COPY``, and checks
+the targets (thread >= 20,000/s and >= 30% of COPY; celery >= 10,000/s).
+``--profile thread|celery-worker`` writes a cProfile of that run's writer to
+``bench/ingest-<name>.prof``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DB_NAME = "fluxgate_bench_ingest"
+TARGETS = {"thread": (20_000, 0.30), "celery": (10_000, None)}
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def recreate_database(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+
+
+def drop_database(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+
+
+def configure(database_url: str) -> None:
+    import dj_database_url
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        INSTALLED_APPS=[
+            "django.contrib.auth",
+            "django.contrib.contenttypes",
+            "fluxgate_django",
+        ],
+        DATABASES={"default": dj_database_url.parse(database_url, conn_max_age=600)},
+        USE_TZ=True,
+        TIME_ZONE="UTC",
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        FLUXGATE={"RECORDER": "sync", "SPOOL_DIR": str(ROOT / "var" / "bench-spool")},
+    )
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def make_records(n: int) -> list[Any]:
+    """Priced records over a few teams, features, models and end users (as a site makes)."""
+    from fluxgate_django.context import TrackingContext
+    from fluxgate_django.models import Team
+    from fluxgate_django.pipeline import build_record
+    from fluxgate_django.records import CallInfo, Usage
+
+    teams = [
+        Team.objects.get_or_create(slug=f"team-{i}", defaults={"name": f"T{i}"})[0]
+        for i in range(4)
+    ]
+    features = ["chat", "search", "summarize", "classify", "agent"]
+    models = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"]
+    contexts = [
+        TrackingContext(
+            team=teams[i % 4].slug,
+            feature=features[i % 5],
+            user={"id": f"u{i % 50}"},
+            request_id=f"req-{i}",
+            metadata={"page": "bench"},
+        )
+        for i in range(200)
+    ]
+    infos = {
+        m: CallInfo(provider="openai", operation="chat", requested_model=m, model=m) for m in models
+    }
+    records = []
+    for i in range(n):
+        model = models[i % 3]
+        record = build_record(
+            infos[model],
+            Usage(400 + i % 700, 50 + i % 300, cache_read_tokens=(i % 4) * 64),
+            contexts[i % 200],
+            latency_ms=float(200 + i % 1800),
+        )
+        records.append(record)
+    return records
+
+
+def empty_tables() -> None:
+    from django.db import connection
+
+    from fluxgate_django.models import EndUserUsageRollup, Event, UsageRollup
+
+    tables = [m._meta.db_table for m in (Event, UsageRollup, EndUserUsageRollup)]
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE " + ", ".join(connection.ops.quote_name(t) for t in tables))
+
+
+def count_events() -> int:
+    from fluxgate_django.models import Event
+
+    return Event.objects.count()
+
+
+# -- the runs ---------------------------------------------------------------------------------
+
+
+def run_copy(records: list[Any]) -> float:
+    """``COPY`` of the same rows (adapted beforehand): the database's ingest ceiling."""
+    from django.db import connection
+
+    from fluxgate_django.models import Event
+    from fluxgate_django.recording import base
+
+    connection.ensure_connection()
+    team_ids = base._team_ids.resolve(records)
+    inserter = base._Inserter(connection)
+    rows = [inserter.params(base._column_values(r, team_ids), connection) for r in records]
+    fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
+    qn = connection.ops.quote_name
+    sql = f"COPY {qn(Event._meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) FROM STDIN"
+    raw = connection.connection  # the psycopg connection
+    started = time.perf_counter()
+    with raw.cursor() as cursor, cursor.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)
+    raw.commit()
+    elapsed = time.perf_counter() - started
+    assert count_events() == len(records)
+    return elapsed
+
+
+def run_sync(records: list[Any]) -> float:
+    from fluxgate_django.recording.sync import SyncRecorder
+
+    recorder = SyncRecorder()
+    started = time.perf_counter()
+    for record in records:
+        recorder.record(record)
+    elapsed = time.perf_counter() - started
+    assert count_events() == len(records)
+    return elapsed
+
+
+def record_from_threads(recorder: Any, records: list[Any], threads: int) -> None:
+    chunks = [records[i::threads] for i in range(threads)]
+    workers = [threading.Thread(target=lambda c=c: [recorder.record(r) for r in c]) for c in chunks]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def run_thread(records: list[Any], threads: int, profile: bool) -> float:
+    from fluxgate_django.recording.thread import ThreadRecorder
+
+    recorder = ThreadRecorder()
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        real_run = recorder._run
+
+        def profiled_run() -> None:
+            profiler.runcall(real_run)
+
+        recorder._run = profiled_run  # type: ignore[method-assign]
+    started = time.perf_counter()
+    record_from_threads(recorder, records, threads)
+    assert recorder.flush(timeout=600)
+    elapsed = time.perf_counter() - started
+    recorder.close()
+    if profiler is not None:
+        recorder._thread.join(10)  # type: ignore[union-attr]
+        path = ROOT / "bench" / "ingest-thread.prof"
+        profiler.dump_stats(path)
+        print(f"  (cProfile of the writer thread: {path})")
+    assert count_events() == len(records), count_events()
+    return elapsed
+
+
+def start_worker(
+    database_url: str, broker: str, queue: str, concurrency: int, profile: bool
+) -> Any:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings_celery",
+        "FLUXGATE_TEST_DATABASE_URL": database_url,
+        "FLUXGATE_TEST_BROKER_URL": broker,
+        "FLUXGATE_TEST_RESULT_BACKEND": broker,
+        "FLUXGATE_TEST_QUEUE": queue,
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [
+        sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
+        "--pool=prefork", "-c", str(concurrency), "--loglevel=WARNING", "-Q", queue,
+        "-n", f"bench-{queue}@%h", "--without-heartbeat", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    if profile:
+        env["FLUXGATE_BENCH_PROFILE"] = str(ROOT / "bench" / "ingest-celery-worker.prof")
+    return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+
+
+def run_celery(
+    records: list[Any],
+    threads: int,
+    database_url: str,
+    broker: str,
+    concurrency: int,
+    profile: bool,
+) -> float:
+    import signal
+
+    from celery import Celery
+
+    from fluxgate_django.recording.celery import CeleryRecorder
+
+    queue = f"fluxgate-bench-{uuid.uuid4().hex[:8]}"
+    options = {"confirm_publish": True} if broker.startswith("amqp") else {}
+    app = Celery("bench", broker=broker, set_as_current=False)
+    app.conf.update(task_default_queue=queue, broker_transport_options=options)
+    worker = start_worker(database_url, broker, queue, concurrency, profile)
+    try:
+        hostname = f"bench-{queue}@{socket.gethostname()}"
+        deadline = time.monotonic() + 60
+        while not app.control.ping(destination=[hostname], timeout=0.5):
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError("the Celery worker did not start")
+        from django.test import override_settings
+
+        with override_settings(FLUXGATE={"RECORDER": "celery", "CELERY_APP": app}):
+            recorder = CeleryRecorder()
+            started = time.perf_counter()
+            record_from_threads(recorder, records, threads)
+            assert recorder.flush(timeout=600)
+            published = time.perf_counter() - started
+            while count_events() < len(records):
+                if time.monotonic() > deadline + 600:
+                    raise RuntimeError(f"only {count_events()} of {len(records)} events stored")
+                time.sleep(0.02)
+            elapsed = time.perf_counter() - started
+            recorder.close()
+        print(f"  (celery: all batches published after {published:.2f} s)")
+        return elapsed
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception), app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+        app.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--sync-events", type=int, default=5_000)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--only", nargs="*", default=["copy", "sync", "thread", "celery"])
+    parser.add_argument("--profile", choices=["thread", "celery-worker"])
+    args = parser.parse_args()
+
+    database_url = with_database(args.postgres, DB_NAME)
+    recreate_database(args.postgres)
+    try:
+        configure(database_url)
+        import django
+        import psycopg
+
+        t0 = time.perf_counter()
+        records = make_records(args.events)
+        print(
+            f"{args.events} events ({time.perf_counter() - t0:.1f} s to generate), "
+            f"PostgreSQL {connection_version()}, Django {django.get_version()}, "
+            f"psycopg {psycopg.__version__}, Python {sys.version.split()[0]}, "
+            f"{os.cpu_count()} CPUs, {args.threads} recording threads"
+        )
+        results: dict[str, tuple[int, float]] = {}
+        for name in ("copy", "sync", "thread", "celery"):
+            if name not in args.only:
+                continue
+            empty_tables()
+            if name == "copy":
+                elapsed, n = run_copy(records), len(records)
+            elif name == "sync":
+                n = min(args.sync_events, len(records))
+                elapsed = run_sync(records[:n])
+            elif name == "thread":
+                elapsed, n = (
+                    run_thread(records, args.threads, args.profile == "thread"),
+                    len(records),
+                )
+            else:
+                elapsed = run_celery(
+                    records,
+                    args.threads,
+                    database_url,
+                    args.broker,
+                    args.concurrency,
+                    args.profile == "celery-worker",
+                )
+                n = len(records)
+            results[name] = (n, elapsed)
+            print(f"  {name:<7} {n:>7} events in {elapsed:6.2f} s")
+        report(results)
+    finally:
+        from django.db import connections
+
+        with contextlib.suppress(Exception):
+            connections.close_all()
+        drop_database(args.postgres)
+
+
+def connection_version() -> str:
+    from django.db import connection
+
+    connection.ensure_connection()
+    version = connection.pg_version  # e.g. 160004
+    return f"{version // 10000}.{version % 10000}"
+
+
+def report(results: dict[str, tuple[int, float]]) -> None:
+    ceiling = results["copy"][0] / results["copy"][1] if "copy" in results else None
+    print()
+    print(f"{'recorder':<10}{'events/s':>12}{'vs COPY':>10}   target")
+    failed = False
+    for name, (n, elapsed) in results.items():
+        rate = n / elapsed
+        ratio = f"{rate / ceiling:9.1%}" if ceiling else "        -"
+        target = ""
+        if name in TARGETS:
+            minimum, share = TARGETS[name]
+            ok = rate >= minimum and (share is None or ceiling is None or rate >= share * ceiling)
+            failed |= not ok
+            target = f">= {minimum:,}/s" + (f" and >= {share:.0%} of COPY" if share else "")
+            target += "  ok" if ok else "  MISSED"
+        print(f"{name:<10}{rate:>12,.0f}{ratio:>10}   {target}")
+    print(f"\n(timed on {dt.datetime.now().isoformat(timespec='seconds')})")
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The Celery app of the test workers: ``celery -A tests.celery_app worker``.
+
+Configured from Django settings (``tests.settings_celery``, namespace ``CELERY``) the
+way a site's ``proj/celery.py`` is; ``autodiscover_tasks()`` finds ``fluxgate_django.tasks``
+and ``CELERY_IMPORTS`` the test tasks (tests/celery_tasks.py).
+
+``FLUXGATE_TEST_HOLD_BATCH=<marker file>:<point>`` (set by the fault tests for one worker)
+makes the first ``fluxgate.record_events`` task to reach ``point`` write its pid and its
+batch's tracking ids to the marker file (JSON) and sleep there, so that the test can kill
+the worker at that exact point:
+
+* ``mid-transaction``: the batch's rows are inserted, its transaction not committed;
+* ``after-commit``: the batch is committed and the task has returned, but the message
+  is not acknowledged yet (``acks_late``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from celery import Celery
+from celery.signals import task_postrun
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings_celery")
+
+app = Celery("fluxgate_tests")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+HOLD_SECONDS = 120
+
+
+def _hold_once(marker: str, tracking_ids: list[str]) -> None:
+    """The first process to get here (across the worker's processes) stops here."""
+    try:
+        os.close(os.open(marker + ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    with open(marker + ".tmp", "w") as fh:
+        json.dump({"pid": os.getpid(), "tracking_ids": tracking_ids}, fh)
+    os.rename(marker + ".tmp", marker)  # the test reads it whole
+    time.sleep(HOLD_SECONDS)
+
+
+def _install_hold(spec: str) -> None:
+    marker, _, point = spec.rpartition(":")
+    if point == "mid-transaction":
+        from fluxgate_django.recording import base
+
+        insert = base._insert
+
+        def insert_then_hold(records: Any, team_ids: Any) -> None:
+            insert(records, team_ids)  # inside write_events' transaction
+            _hold_once(marker, [str(r.tracking_id) for r in records])
+
+        base._insert = insert_then_hold
+    elif point == "after-commit":
+
+        @task_postrun.connect(weak=False)
+        def hold_before_ack(sender: Any = None, args: Any = (), **kwargs: Any) -> None:
+            if getattr(sender, "name", None) == "fluxgate.record_events":
+                _hold_once(marker, [item["tracking_id"] for item in args[0]])
+
+    else:
+        raise ValueError(f"FLUXGATE_TEST_HOLD_BATCH: unknown point {point!r}")
+
+
+if os.environ.get("FLUXGATE_TEST_HOLD_BATCH"):
+    _install_hold(os.environ["FLUXGATE_TEST_HOLD_BATCH"])

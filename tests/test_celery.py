@@ -1,0 +1,407 @@
+"""Celery: the recorder's one-task-per-batch publishing and fallbacks, the periodic tasks,
+and the tracking context carried into tasks run by a real worker (Redis broker,
+PostgreSQL shared with the worker; skipped with the reason where those are missing)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import types
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+import fluxgate_django
+from fluxgate_django import tracking_context
+from fluxgate_django.celery_support import beat_schedule, context_from_header, context_to_header
+from fluxgate_django.context import EMPTY_CONTEXT
+from fluxgate_django.models import Budget, Event, SpendCounter, Team, TeamMembership
+from fluxgate_django.recording import base, spool
+from fluxgate_django.recording import celery as celery_recorder
+from fluxgate_django.testing import DEFAULT_TEXT
+from tests import services
+from tests.helpers import MSGS, fluxgate_overrides
+from tests.services import (
+    Worker,
+    database_refused,
+    make_app,
+    make_record,
+    new_queue,
+    wait_until,
+)
+
+needs_shared_db = pytest.mark.django_db(transaction=True)
+
+CELERY = {"RECORDER": "celery", "RAISE_ERRORS": True, "FLUSH_INTERVAL": 60, "BATCH_SIZE": 1000}
+
+
+@pytest.fixture(autouse=True)
+def spool_dir(tmp_path, monkeypatch):
+    path = tmp_path / "spool"
+    monkeypatch.setattr(spool, "_pending", None)
+    monkeypatch.setattr(base, "_team_ids", base._TeamIds())
+    with fluxgate_overrides(SPOOL_DIR=str(path)):
+        yield path
+
+
+# -- the recorder, against a stand-in app (no broker needed) ---------------------------------
+
+
+class FakeTask:
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.sent: list[tuple[list[Any], dict[str, Any]]] = []
+        self.fail = fail
+
+    def apply_async(self, args: list[Any], **options: Any) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append((args, options))
+
+
+def fake_app(task: FakeTask) -> Any:
+    return types.SimpleNamespace(main="site", fixups=set(), tasks={"fluxgate.record_events": task})
+
+
+@pytest.fixture
+def openai(openai_client):
+    return fluxgate_django.track_openai(openai_client)
+
+
+@needs_shared_db
+def test_a_batch_is_one_task_with_json_records(openai, fake):
+    task = FakeTask()
+    with fluxgate_overrides(**CELERY, CELERY_APP=fake_app(task)):
+        with tracking_context(feature="batched", team="no-such-team"):
+            ids = [
+                openai.chat.completions.create(
+                    model="gpt-4o-mini", messages=MSGS
+                ).fluxgate.tracking_id
+                for _ in range(30)
+            ]
+        assert fluxgate_django.flush(timeout=5)
+
+    assert len(task.sent) == 1  # one task for the batch, not one per event
+    (payload,), options = task.sent[0]
+    assert [item["tracking_id"] for item in payload] == [str(i) for i in ids]
+    assert {item["feature"] for item in payload} == {"batched"}
+    assert options["retry_policy"] == celery_recorder.PUBLISH_RETRY_POLICY
+    assert Event.objects.count() == 0  # the worker writes them, not the recorder
+
+
+@needs_shared_db
+def test_the_task_writes_a_batch_once_and_settles_its_budget_once(django_user_model):
+    from fluxgate_django.budgets import check_budget
+    from fluxgate_django.context import TrackingContext
+    from fluxgate_django.models import to_units
+    from fluxgate_django.tasks import record_events
+
+    team = Team.objects.create(name="Search", slug="search")
+    budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("10"))
+    records = []
+    for _ in range(3):
+        guard = check_budget(
+            TrackingContext(team="search"),
+            "openai",
+            "gpt-4o",
+            prompt_chars=40,
+            max_output_tokens=50,
+        )
+        record = make_record(team="search")
+        guard.attach(record)
+        records.append(record)
+    payload = [r.to_json() for r in records]
+
+    assert record_events.run(payload) == 3
+    assert record_events.run(payload) == 3  # redelivered: nothing new, nothing settled twice
+
+    assert Event.objects.count() == 3
+    counter = SpendCounter.objects.get(budget=budget)
+    assert counter.spent_units == sum(to_units(r.cost_usd) for r in records)
+    assert counter.reserved_units == 0
+
+
+@needs_shared_db
+def test_the_task_retries_while_the_database_is_unreachable(monkeypatch, spool_dir):
+    from django.db import OperationalError
+
+    from fluxgate_django.tasks import record_events
+
+    payload = [make_record().to_json()]
+    # autoretry_for: the batch stays in the broker and is retried (not spooled on the
+    # worker's disk, which may be gone by the time the database is back).
+    assert OperationalError in record_events.autoretry_for
+    assert record_events.acks_late and record_events.reject_on_worker_lost
+    with database_refused(monkeypatch), pytest.raises(OperationalError):
+        record_events.run(payload)
+    assert not list(spool_dir.glob("*.jsonl"))
+
+
+@needs_shared_db
+@pytest.mark.parametrize("database", ["up", "down"])
+def test_broker_down_writes_directly_or_spools(openai, fake, monkeypatch, caplog, database):
+    task = FakeTask(fail=ConnectionRefusedError(111, "Connection refused"))
+    with fluxgate_overrides(**CELERY, CELERY_APP=fake_app(task)):
+        ids = {
+            openai.chat.completions.create(model="gpt-4o-mini", messages=MSGS).fluxgate.tracking_id
+            for _ in range(5)
+        }
+        if database == "down":
+            with database_refused(monkeypatch):
+                assert fluxgate_django.flush(timeout=5)
+        else:
+            assert fluxgate_django.flush(timeout=5)
+
+    assert any("could not send 5 events to the broker" in r.getMessage() for r in caplog.records)
+    if database == "up":
+        assert set(Event.objects.values_list("tracking_id", flat=True)) == ids
+    else:
+        assert Event.objects.count() == 0
+        assert spool.replay(base.write_events) == 5
+        assert set(Event.objects.values_list("tracking_id", flat=True)) == ids
+
+
+def test_the_site_app_is_found_from_the_writer_thread(monkeypatch):
+    """Celery's current app is per thread: the writer thread must not get Celery's
+    unconfigured fallback app (which would publish to amqp://localhost)."""
+    from celery import Celery, _state
+
+    monkeypatch.setattr(_state, "_apps", __import__("weakref").WeakSet())
+    monkeypatch.setattr(_state, "default_app", None)
+    site = Celery("site", broker="memory://", set_as_current=False)
+    try:
+        found: list[Any] = []
+        thread = threading.Thread(target=lambda: found.append(celery_recorder.site_celery_app()))
+        thread.start()
+        thread.join()
+        assert found == [site]
+        with fluxgate_overrides(CELERY_APP="tests.celery_app.app"):
+            from tests.celery_app import app
+
+            assert celery_recorder.site_celery_app() is app
+    finally:
+        site.close()
+
+
+# -- periodic tasks ----------------------------------------------------------------------------
+
+
+def test_beat_schedule_names_registered_tasks():
+    from celery import Celery
+
+    import fluxgate_django.tasks  # noqa: F401
+
+    app = Celery("beat-check", set_as_current=False)
+    try:
+        schedule = beat_schedule(retention=dt.timedelta(hours=1))
+        assert {entry["task"] for entry in schedule.values()} == {
+            "fluxgate.replay_spool",
+            "fluxgate.check_budgets",
+            "fluxgate.apply_retention",
+        }
+        assert all(entry["task"] in app.tasks for entry in schedule.values())
+        assert schedule["fluxgate-retention"]["schedule"] == dt.timedelta(hours=1)
+    finally:
+        app.close()
+
+
+@pytest.mark.django_db
+def test_retention_deletes_old_events_in_batches_and_keeps_rollups():
+    from fluxgate_django.models import UsageRollup
+    from fluxgate_django.tasks import apply_retention
+
+    old = timezone.now() - dt.timedelta(days=40)
+    records = [make_record(feature="old") for _ in range(5)] + [make_record(feature="new")]
+    for r in records[:5]:
+        r.created_at = old
+    base.write_events(records)
+    rollups_before = list(UsageRollup.objects.order_by("day").values_list("day", "requests"))
+
+    assert apply_retention.run(batch_size=2) == 0  # RETENTION_DAYS None: keep everything
+    with fluxgate_overrides(RETENTION_DAYS=30):
+        assert apply_retention.run(batch_size=2) == 5
+
+    assert list(Event.objects.values_list("feature", flat=True)) == ["new"]
+    assert list(UsageRollup.objects.order_by("day").values_list("day", "requests")) == (
+        rollups_before
+    )
+
+
+@pytest.mark.django_db
+def test_check_budgets_raises_alerts_a_lowered_limit_has_reached(django_user_model):
+    from fluxgate_django.budgets import window_start
+    from fluxgate_django.models import BudgetAlert, to_units
+    from fluxgate_django.tasks import check_budgets
+
+    team = Team.objects.create(name="Search", slug="search")
+    budget = Budget.objects.create(team=team, period="month", limit_usd=Decimal("10"))
+    SpendCounter.objects.create(
+        budget=budget,
+        window_start=window_start("month"),
+        limit_units=to_units(Decimal("10")),
+        blocking=True,
+        spent_units=to_units(Decimal("9")),
+    )
+    assert check_budgets.run() == 1
+    assert BudgetAlert.objects.filter(budget=budget).count() == 1  # 90% >= the 80% threshold
+    assert check_budgets.run() == 1
+    assert BudgetAlert.objects.filter(budget=budget).count() == 1  # once per window
+
+
+def test_context_header_round_trip(django_user_model):
+    user = types.SimpleNamespace(pk=7, email="ann@example.com", _meta=object())
+    team = types.SimpleNamespace(slug="search", pk=3)
+    ctx = EMPTY_CONTEXT.merge(
+        feature="chat",
+        user=user,
+        team=team,
+        request_id="r-1",
+        openrouter_cost="0.5",
+        metadata={"a": 1},
+        tags=["x"],
+    )
+    header = context_to_header(ctx)
+    assert header == {
+        "feature": "chat",
+        "user": {"id": "7", "pk": 7, "email": "ann@example.com"},
+        "team": "search",
+        "request_id": "r-1",
+        "openrouter_cost": "0.5",
+        "metadata": {"a": 1},
+        "tags": ["x"],
+    }
+    back = context_from_header(header)
+    assert (back.feature, back.team, back.request_id, back.tags) == (
+        "chat",
+        "search",
+        "r-1",
+        ("x",),
+    )
+    assert back.openrouter_cost == Decimal("0.5")
+
+
+# -- a real worker -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker(django_db_setup, fake_provider, tmp_path_factory):
+    """One worker (prefork, one process, so that a context leaking from one task into the
+    next would show) on a queue of its own, and an app to enqueue on it."""
+    services.require_services()
+    queue = new_queue()
+    services.purge(queue)
+    logs = tmp_path_factory.mktemp("celery-logs")
+    app = make_app(queue)
+    proc = Worker(
+        queue,
+        {
+            "FLUXGATE_TEST_DATABASE_URL": services.database_url(),
+            "FLUXGATE_TEST_BROKER_URL": services.REDIS_URL,
+            "FAKE_OPENAI_URL": fake_provider.openai_base_url,
+            "FLUXGATE_TEST_SPOOL_DIR": str(tmp_path_factory.mktemp("worker-spool")),
+        },
+        logs,
+        concurrency=1,
+    )
+    try:
+        proc.wait_ready(app)
+        yield types.SimpleNamespace(app=app, proc=proc, queue=queue)
+    finally:
+        proc.stop()
+        services.purge(queue)
+        services.close_app(app)
+
+
+def run_task(worker: Any, **kwargs: Any) -> dict[str, Any]:
+    result = worker.app.send_task("tests.ask_llm", kwargs=kwargs)
+    try:
+        return result.get(timeout=30)
+    except Exception as exc:
+        raise AssertionError(f"{exc!r}\n{worker.proc.log()}") from exc
+
+
+def stored(worker: Any, tracking_id: str) -> Event:
+    assert wait_until(lambda: Event.objects.filter(tracking_id=tracking_id).exists(), 20), (
+        worker.proc.log()
+    )
+    return Event.objects.select_related("team", "user").get(tracking_id=tracking_id)
+
+
+@pytest.fixture
+def member(transactional_db, request):
+    user = get_user_model().objects.create_user("ann", "ann@example.com", "pw")
+    # A slug of its own per test: the worker caches slugs for a minute, and a team
+    # re-created under an old slug (here, after the previous test's flush) gets a new id.
+    slug = f"search-{request.node.name[-20:]}".lower()
+    team = Team.objects.create(name="Search", slug=slug)
+    TeamMembership.objects.create(user=user, team=team, role="member")
+    return user
+
+
+def test_a_task_inherits_the_enqueuers_context_and_can_override_it(worker, fake, member):
+    user = {"id": str(member.pk), "pk": member.pk, "email": member.email}
+    slug = Team.objects.get().slug
+    with tracking_context(
+        feature="digest", user=user, team=slug, request_id="req-42", metadata={"k": "v"}
+    ):
+        inherited = run_task(worker)
+        overridden = run_task(worker, feature="digest-task")
+    plain = run_task(worker)  # enqueued outside any context, by the same worker process
+
+    assert inherited["content"] == DEFAULT_TEXT and inherited["status"] == "SUCCESS"
+    assert inherited["context"]["request_id"] == "req-42"
+    event = stored(worker, inherited["tracking_id"])
+    assert (event.feature, event.user, event.team.slug, event.request_id) == (
+        "digest",
+        member,
+        slug,
+        "req-42",
+    )
+    assert (event.end_user_id, event.end_user_email, event.metadata) == (
+        str(member.pk),
+        "ann@example.com",
+        {"k": "v"},
+    )
+    event = stored(worker, overridden["tracking_id"])
+    assert (event.feature, event.user, event.request_id) == ("digest-task", member, "req-42")
+    assert event.team.slug == slug
+
+    assert plain["context"] == {
+        "feature": None,
+        "user": None,
+        "team": None,
+        "request_id": None,
+        "session_id": None,
+        "metadata": {},
+    }
+    event = stored(worker, plain["tracking_id"])
+    assert (event.feature, event.user, event.team, event.request_id) == ("", None, None, "")
+
+
+def test_a_request_context_flows_into_the_task_it_enqueues(worker, fake, member, client):
+    from celery import _state
+
+    from fluxgate_django.middleware import session_fingerprint
+
+    client.force_login(member)
+    previous = _state._tls.current_app
+    worker.app.set_current()  # what the view's shared_task.delay() publishes with
+    try:
+        response = client.get("/celery/enqueue/", headers={"X-Request-ID": "req-http-1"})
+    finally:
+        _state._set_current_app(previous)
+    assert response.status_code == 200, response.content
+    body = response.json()
+    result = worker.app.AsyncResult(body["task_id"]).get(timeout=30)
+
+    event = stored(worker, result["tracking_id"])
+    assert (event.feature, event.user, event.team.slug, event.request_id) == (
+        "enqueue_llm_task",
+        member,
+        Team.objects.get().slug,
+        "req-http-1",
+    )
+    assert event.session_id == session_fingerprint(client.session.session_key)
+    assert result["context"]["request_id"] == "req-http-1"
