@@ -220,6 +220,7 @@ def test_budget_store_down_blocks_by_default_and_allows_when_fail_open(
     assert resp.fluxgate.status.value == "SUCCESS"
 
 
+@pytest.mark.django_db(transaction=True)  # the async reservation runs in a worker thread
 def test_anthropic_and_async_clients_are_budgeted(
     anthropic_client, async_openai_client, fake, team
 ):

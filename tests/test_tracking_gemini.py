@@ -269,6 +269,7 @@ def test_async_client(client, fake):
     assert Event.objects.get(status="ERROR").error_type == "ServerError"
 
 
+@pytest.mark.django_db(transaction=True)  # the sync recorder writes from a thread on a loop
 def test_with_context_binds_attribution_to_a_tracked_copy(client, fake):
     support = client.with_context(feature="support", user={"id": "u1", "email": "a@b.c"})
     assert isinstance(support, genai.Client) and support is not client
