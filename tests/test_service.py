@@ -456,7 +456,7 @@ def test_http_metrics_health_and_strategy(service, fake, client, api_key, django
         client.put("/fluxgate/api/config/strategy/", body, "application/json", **auth).status_code
         == 403
     )
-    staff = django_user_model.objects.create_user("ops", "ops@example.com", "pw", is_staff=True)
+    staff = django_user_model.objects.create_superuser("ops", "ops@example.com", "pw")
     client.force_login(staff)
     assert client.put("/fluxgate/api/config/strategy/", body, "application/json").status_code == 200
     wrong = client.put(

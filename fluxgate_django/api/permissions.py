@@ -28,13 +28,19 @@ def api_key_of(request: Request) -> ApiKey | None:
 
 
 def is_staff(request: Request) -> bool:
-    """A signed-in staff user (never an API key)."""
+    """A signed-in site administrator who sees every team (never an API key).
+
+    The same rule as the admin report (``reports.visible_teams``): a staff user who is a
+    superuser or holds ``fluxgate_django.view_event``. Other staff are treated as the
+    team members they are.
+    """
     user = request.user
     return (
         api_key_of(request) is None
         and bool(getattr(user, "is_authenticated", False))
         and bool(getattr(user, "is_active", False))
         and bool(getattr(user, "is_staff", False))
+        and (user.is_superuser or user.has_perm("fluxgate_django.view_event"))
     )
 
 
