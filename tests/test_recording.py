@@ -607,6 +607,7 @@ def child_db(request, tmp_path, fake):
     return ChildDatabase({**env, "FLUXGATE_TEST_SQLITE": str(path), "DATABASE_URL": ""}, path)
 
 
+@pytest.mark.django_db(transaction=True)  # a child process writes: flush the tables after
 def test_queued_events_are_written_at_interpreter_exit(child_db):
     out = run_python(CHILD_PRELUDE + EXIT_SCRIPT, child_db.env)
 
@@ -616,6 +617,7 @@ def test_queued_events_are_written_at_interpreter_exit(child_db):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork() is not available on this OS")
+@pytest.mark.django_db(transaction=True)  # a child process writes: flush the tables after
 def test_a_forked_child_writes_its_events_with_its_own_thread(child_db):
     out = run_python(CHILD_PRELUDE + FORK_SCRIPT, child_db.env)
 
