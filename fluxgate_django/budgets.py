@@ -271,7 +271,8 @@ class BudgetGuard:
 
         if not self.released:
             self.released = True
-            settle_counters({c: (self.estimate_units, to_units(cost or 0)) for c in self.counters})
+            charge = to_units(cost) if cost is not None else 0
+            settle_counters({c: (self.estimate_units, charge) for c in self.counters})
 
     def release(self) -> None:
         """The call failed and was not billed: free the reservation."""

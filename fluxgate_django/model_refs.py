@@ -60,10 +60,10 @@ def resolve_model(ref: str, aliases: dict[str, str] | None = None) -> ModelRef:
         if provider not in KNOWN_PROVIDERS and provider not in fluxgate_settings.PROVIDERS:
             raise UnknownModel(f"Model reference {ref!r} names unknown provider {provider!r}")
         return ModelRef(provider, model)
-    provider = infer_provider(ref)
-    if provider is None:
+    inferred = infer_provider(ref)
+    if inferred is None:
         raise UnknownModel(
             f"Cannot tell the provider of model {ref!r}: use 'provider/{ref}' or an alias "
             "in FLUXGATE['MODELS']"
         )
-    return ModelRef(provider, ref)
+    return ModelRef(inferred, ref)

@@ -19,6 +19,8 @@ from .records import Source, Status
 from .reports.histogram import BUCKET_FIELDS
 from .reports.managers import RollupQuerySet
 
+# Money columns: costs are Decimal(20, 10) (1e-10 USD, enough for one cheap token);
+# prices and limits Decimal(14, 6). (Spelled out on each field for the type checker.)
 COST_FIELD = {"max_digits": 20, "decimal_places": 10}
 PRICE_FIELD = {"max_digits": 14, "decimal_places": 6}
 
@@ -139,7 +141,7 @@ class Budget(models.Model):
     )
     period = models.CharField(max_length=10, choices=Period.choices, default=Period.MONTH)
     limit_usd = models.DecimalField(
-        **PRICE_FIELD, validators=[MinValueValidator(Decimal("0.000001"))]
+        max_digits=14, decimal_places=6, validators=[MinValueValidator(Decimal("0.000001"))]
     )
     alert_threshold_percent = models.PositiveSmallIntegerField(
         default=80, validators=[MinValueValidator(1), MaxValueValidator(100)]
@@ -180,13 +182,17 @@ class ModelPrice(models.Model):
 
     provider = models.CharField(max_length=50)
     model = models.CharField(max_length=200)
-    input_per_mtok = models.DecimalField(**PRICE_FIELD, validators=[MinValueValidator(0)])
-    output_per_mtok = models.DecimalField(**PRICE_FIELD, validators=[MinValueValidator(0)])
+    input_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, validators=[MinValueValidator(0)]
+    )
+    output_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, validators=[MinValueValidator(0)]
+    )
     cache_read_per_mtok = models.DecimalField(
-        **PRICE_FIELD, null=True, blank=True, validators=[MinValueValidator(0)]
+        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
     )
     cache_write_per_mtok = models.DecimalField(
-        **PRICE_FIELD, null=True, blank=True, validators=[MinValueValidator(0)]
+        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
     )
     note = models.CharField(max_length=200, blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
@@ -247,9 +253,9 @@ class Event(models.Model):
     reasoning_tokens = models.PositiveIntegerField(default=0)
     cache_read_tokens = models.PositiveIntegerField(default=0)
     cache_write_tokens = models.PositiveIntegerField(default=0)
-    cost_usd = models.DecimalField(**COST_FIELD, null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
     cost_source = models.CharField(max_length=50, blank=True, default="")
-    cost_saved_usd = models.DecimalField(**COST_FIELD, null=True, blank=True)
+    cost_saved_usd = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
 
     latency_ms = models.FloatField(null=True, blank=True)
     time_to_first_token_ms = models.FloatField(null=True, blank=True)
@@ -348,8 +354,8 @@ class BudgetAlert(models.Model):
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
     window_start = models.DateField()
     threshold_percent = models.PositiveSmallIntegerField()
-    spent_usd = models.DecimalField(**COST_FIELD)
-    limit_usd = models.DecimalField(**PRICE_FIELD)
+    spent_usd = models.DecimalField(max_digits=20, decimal_places=10)
+    limit_usd = models.DecimalField(max_digits=14, decimal_places=6)
     kind = models.CharField(max_length=20, default="threshold")
     created_at = models.DateTimeField(default=timezone.now)
     notified_at = models.DateTimeField(null=True, blank=True)
@@ -373,8 +379,8 @@ class SpendAnomaly(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="anomalies")
     feature = models.CharField(max_length=100, blank=True, default="")
     window_minutes = models.PositiveSmallIntegerField()
-    recent_usd = models.DecimalField(**COST_FIELD)
-    baseline_usd = models.DecimalField(**COST_FIELD)
+    recent_usd = models.DecimalField(max_digits=20, decimal_places=10)
+    baseline_usd = models.DecimalField(max_digits=20, decimal_places=10)
     blocked_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 

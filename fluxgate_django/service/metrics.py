@@ -48,7 +48,7 @@ def provider_metrics(
     )
     rows = []
     for group in groups:
-        latencies = list(
+        samples = (
             events.filter(
                 provider=group["provider"],
                 model=group["model"],
@@ -58,6 +58,7 @@ def provider_metrics(
             .order_by("-created_at")
             .values_list("latency_ms", flat=True)[:MAX_SAMPLES]
         )
+        latencies = [float(latency) for latency in samples if latency is not None]
         requests = group["requests"]
         rows.append(
             {

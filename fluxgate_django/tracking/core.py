@@ -309,12 +309,13 @@ class TrackedCall:
         """The response model inside ``with_raw_response`` wrappers (parsed once; the SDK
         caches it), ``_UNREADABLE`` for a body not read yet (``with_streaming_response``)."""
         kinds = self.adapter.sdk_types()
+        raw: Any = result
         if isinstance(result, kinds.raw_response + kinds.async_raw_response):
-            if result.http_response.request.headers.get(_RAW_HEADER) == "stream":
+            if raw.http_response.request.headers.get(_RAW_HEADER) == "stream":
                 self.info.usage_missing_reason = "streaming-response"
                 return _UNREADABLE
             if isinstance(result, kinds.raw_response):
-                return result.parse()
+                return raw.parse()
         return result
 
     def fail(self, error: BaseException) -> None:
