@@ -1356,18 +1356,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between SSE events")
     args = parser.parse_args(argv)
     reply = FakeReply(text=args.text, delay=args.delay, chunk_delay=args.chunk_delay)
+
+    def _on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # Before announcing the URL: a caller may send SIGTERM as soon as it has read it.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_term)
     fake = FakeProvider(args.host, args.port, default_reply=reply).start()
     print(f"Fake LLM provider listening on {fake.url}", flush=True)
     print(f"  OpenAI base_url:    {fake.openai_base_url}", flush=True)
     print(f"  Anthropic base_url: {fake.anthropic_base_url}", flush=True)
     print(f"  Gemini base_url:    {fake.gemini_base_url}", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
-
-    def _on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_term)
     try:
         while True:
             time.sleep(3600)
