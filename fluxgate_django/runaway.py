@@ -115,7 +115,7 @@ def _raise_anomaly(
     team = Team.objects.get(pk=team_id)
     anomaly = SpendAnomaly.objects.create(
         team=team,
-        feature=feature,
+        feature=feature[: SpendAnomaly._meta.get_field("feature").max_length],
         window_minutes=window,
         recent_usd=recent,
         baseline_usd=baseline,
