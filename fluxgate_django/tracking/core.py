@@ -187,8 +187,7 @@ def _async_request(state: _ClientState) -> Callable[..., Any]:
         if call is None:
             return await original(cast_to, options, stream=stream, stream_cls=stream_cls)
         if might_apply(call.ctx):
-            # One database round trip, which must not run on the event loop.
-            await sync_to_async(call.reserve_budget, thread_sensitive=False)()
+            await call.areserve_budget()
         try:
             result = await original(cast_to, options, stream=stream, stream_cls=stream_cls)
         except BaseException as exc:
@@ -262,6 +261,21 @@ class TrackedCall:
         # Captured now: a stream may be read after the service's attempt scope has ended.
         self.attempt = service_attempt.get()
         self.started = time.perf_counter()
+
+    async def areserve_budget(self) -> None:
+        """``reserve_budget`` from async code: one database round trip, which must not run
+        on the event loop, in a worker thread that closes its connection as a request
+        would (``CONN_MAX_AGE``)."""
+        await sync_to_async(self._reserve_in_worker, thread_sensitive=False)()
+
+    def _reserve_in_worker(self) -> None:
+        from django.db import close_old_connections
+
+        close_old_connections()
+        try:
+            self.reserve_budget()
+        finally:
+            close_old_connections()
 
     def reserve_budget(self) -> None:
         """Reserve this call's estimated cost on the budgets that apply (see budgets.py)."""

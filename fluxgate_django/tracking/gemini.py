@@ -52,8 +52,6 @@ import inspect
 from contextvars import ContextVar
 from typing import Any
 
-from asgiref.sync import sync_to_async
-
 from ..budgets import might_apply
 from ..conf import fluxgate_settings
 from ..context import TrackingContext, current_context
@@ -441,7 +439,7 @@ def _async_generate(state: _GeminiState, original: Any) -> Any:
             return await original(*args, **kwargs)
         if might_apply(call.ctx):
             # One database round trip, which must not run on the event loop.
-            await sync_to_async(call.reserve_budget, thread_sensitive=False)()
+            await call.areserve_budget()
         try:
             response = await original(*args, **kwargs)
         except BaseException as exc:
@@ -473,7 +471,7 @@ def _async_stream(state: _GeminiState, original: Any) -> Any:
         if call is None:
             return await original(*args, **kwargs)
         if might_apply(call.ctx):
-            await sync_to_async(call.reserve_budget, thread_sensitive=False)()
+            await call.areserve_budget()
         try:
             chunks = await original(*args, **kwargs)  # sends the request
         except BaseException as exc:
