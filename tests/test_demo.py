@@ -49,7 +49,7 @@ def test_demo_records_a_realistic_workload_and_prints_the_cost_table():
     output = run_demo(calls=20)
 
     # Only this run's events (another test's committed leftovers must not confuse this one).
-    events = Event.objects.filter(metadata__has_key="demo_run")
+    events = Event.objects.filter(metadata__has_key="demo_run", source="sdk")
     assert events.count() == 20
     assert len(set(events.values_list("metadata__demo_run", flat=True))) == 1
     assert set(events.values_list("feature", flat=True)) == DEMO_FEATURES
@@ -80,6 +80,29 @@ def test_demo_records_a_realistic_workload_and_prints_the_cost_table():
     assert "20 LLM calls made (3 provider errors caught)" in output
     assert "Admin login: admin / admin" in output
 
+    # Seed 000 through LLMService: four routed tasks on four providers, a fallback, an A/B.
+    routed = Event.objects.filter(metadata__has_key="demo_run", source="service")
+    providers = {
+        feature: set(
+            routed.filter(feature=feature, status="SUCCESS").values_list("provider", flat=True)
+        )
+        for feature in ("summarize", "code-review", "chat", "translation")
+    }
+    assert providers["code-review"] == {"anthropic"}
+    assert providers["translation"] == {"openrouter"}
+    assert providers["chat"] <= {"gemini", "openai"} and providers["chat"]
+    assert "openai" in providers["summarize"]
+    fallback = routed.get(fallback_attempt=1)
+    assert (fallback.feature, fallback.provider, fallback.status) == (
+        "summarize",
+        "anthropic",
+        "SUCCESS",
+    )
+    assert routed.filter(feature="summarize", status="ERROR", fallback_attempt=0).count() == 1
+    assert routed.filter(feature="ab-test-gpt").exists()
+    assert routed.filter(feature="ab-test-claude").exists()
+    assert "through LLMService routes" in output
+
 
 @pytest.mark.django_db(transaction=True)
 @override_settings(FLUXGATE=THREAD_RECORDER)
@@ -91,7 +114,7 @@ def test_demo_is_rerunnable_and_never_resets_the_admin_password():
     assert "admin (existing user, password unchanged)" in output
     assert User.objects.get(username="admin").check_password("s3cret-pass")
     assert set(Team.objects.values_list("slug", flat=True)) == {"search", "support", "growth"}
-    assert Event.objects.filter(metadata__has_key="demo_run").count() == 6
+    assert Event.objects.filter(metadata__has_key="demo_run", source="sdk").count() == 6
 
 
 def test_cost_table_never_shows_unpriced_as_zero():

@@ -35,6 +35,8 @@ from fluxgate_django import flush, track_anthropic, track_openai, tracking_conte
 from fluxgate_django.models import Event, Team, TeamMembership
 from fluxgate_django.testing import FakeProvider, FakeReply
 
+from ._service_demo import run_service_demo
+
 TEAMS = {"search": "Search", "support": "Support", "growth": "Growth"}
 #: username → (team slug, email)
 DEMO_USERS = {
@@ -112,11 +114,15 @@ class Command(BaseCommand):
             workload = Workload(base_url, rng=random.Random(options["seed"]))
             plan = workload.plan(calls)
             caught = self._run(plan, users, fake, run_id)
+            with tracking_context(metadata={"demo_run": run_id}, tags=["demo"]):
+                routed = run_service_demo(base_url, fake, users, rounds=max(2, calls // 20))
 
         if not flush(timeout=30):
             self.stderr.write("FluxGate did not finish writing events within 30 s.")
         self.stdout.write(
-            f"\n{len(plan)} LLM calls made ({caught} provider errors caught), run {run_id}.\n"
+            f"\n{len(plan)} LLM calls made ({caught} provider errors caught), plus {routed} "
+            f"through LLMService routes (summarize, code-review, chat, translation, with a "
+            f"fallback and an A/B test), run {run_id}.\n"
         )
         self.stdout.write(format_cost_table(cost_by_feature(run_id)))
         self._print_admin_hint()
@@ -194,7 +200,11 @@ class Command(BaseCommand):
             login = f"{ADMIN_USERNAME} / {ADMIN_PASSWORD} (just created)"
         else:
             login = f"{ADMIN_USERNAME} (existing user, password unchanged)"
-        self.stdout.write(f"\nAdmin login: {login}\nEvents: /admin/fluxgate_django/event/\n")
+        self.stdout.write(
+            f"\nAdmin login: {login}\nEvents: /admin/fluxgate_django/event/\n"
+            "Cost report: /admin/fluxgate_django/costreport/ "
+            "(A/B: ?compare=ab-test-gpt,ab-test-claude)\n"
+        )
 
 
 @contextmanager
