@@ -2,7 +2,8 @@
 
     python bench/ingest.py [--events 100000] [--sync-events 5000] [--threads 4]
         [--postgres postgres://postgres@127.0.0.1:5432/postgres]
-        [--broker redis://127.0.0.1:6379/15] [--concurrency 1] [--profile thread]
+        [--broker redis://127.0.0.1:6379/15] [--concurrency 1] [--batch-size 500]
+        [--server-side-binding] [--profile thread]
 
 Creates a PostgreSQL database ``fluxgate_bench_ingest`` (dropped at the end), generates
 ``--events`` priced ``EventRecord``s up front (no LLM calls: the recorder is what is
@@ -19,8 +20,9 @@ measured), and times, on the same rows:
 
 Tables are emptied between runs. It prints events/s and the ratio to ``COPY``, and checks
 the targets (thread >= 20,000/s and >= 30% of COPY; celery >= 10,000/s).
-``--profile thread|celery-worker`` writes a cProfile of that run's writer to
-``bench/ingest-<name>.prof``.
+``--profile thread`` writes a cProfile of the thread recorder's writer to
+``bench/ingest-thread.prof``. ``--server-side-binding`` runs with psycopg's server-side
+binding and prepared statements (``DATABASES[...]["OPTIONS"]``), here and in the worker.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -45,6 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 DB_NAME = "fluxgate_bench_ingest"
 TARGETS = {"thread": (20_000, 0.30), "celery": (10_000, None)}
+#: Django's psycopg default is client-side binding without prepared statements: every
+#: row of an executemany (the report rollups' upserts) is parsed and planned anew.
+SERVER_SIDE_BINDING = {"server_side_binding": True, "prepare_threshold": 2}
 
 
 def with_database(url: str, name: str) -> str:
@@ -67,22 +73,29 @@ def drop_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
 
 
-def configure(database_url: str) -> None:
+def configure(database_url: str, batch_size: int, server_side_binding: bool) -> None:
     import dj_database_url
     import django
     from django.conf import settings
 
+    database = dj_database_url.parse(database_url, conn_max_age=600)
+    if server_side_binding:
+        database["OPTIONS"] = SERVER_SIDE_BINDING
     settings.configure(
         INSTALLED_APPS=[
             "django.contrib.auth",
             "django.contrib.contenttypes",
             "fluxgate_django",
         ],
-        DATABASES={"default": dj_database_url.parse(database_url, conn_max_age=600)},
+        DATABASES={"default": database},
         USE_TZ=True,
         TIME_ZONE="UTC",
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
-        FLUXGATE={"RECORDER": "sync", "SPOOL_DIR": str(ROOT / "var" / "bench-spool")},
+        FLUXGATE={
+            "RECORDER": "sync",
+            "BATCH_SIZE": batch_size,
+            "SPOOL_DIR": tempfile.mkdtemp(prefix="fluxgate-bench-spool-"),
+        },
     )
     django.setup()
     from django.core.management import call_command
@@ -221,10 +234,11 @@ def run_thread(records: list[Any], threads: int, profile: bool) -> float:
 
 
 def start_worker(
-    database_url: str, broker: str, queue: str, concurrency: int, profile: bool
+    database_url: str, broker: str, queue: str, concurrency: int, server_side_binding: bool
 ) -> Any:
     env = {
         **os.environ,
+        "FLUXGATE_TEST_CONN_MAX_AGE": "600",  # a worker keeps its connection, as in production
         "DJANGO_SETTINGS_MODULE": "tests.settings_celery",
         "FLUXGATE_TEST_DATABASE_URL": database_url,
         "FLUXGATE_TEST_BROKER_URL": broker,
@@ -237,8 +251,8 @@ def start_worker(
         "--pool=prefork", "-c", str(concurrency), "--loglevel=WARNING", "-Q", queue,
         "-n", f"bench-{queue}@%h", "--without-heartbeat", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
-    if profile:
-        env["FLUXGATE_BENCH_PROFILE"] = str(ROOT / "bench" / "ingest-celery-worker.prof")
+    if server_side_binding:
+        env["FLUXGATE_TEST_SERVER_SIDE_BINDING"] = "1"
     return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
 
 
@@ -248,7 +262,7 @@ def run_celery(
     database_url: str,
     broker: str,
     concurrency: int,
-    profile: bool,
+    server_side_binding: bool,
 ) -> float:
     import signal
 
@@ -260,16 +274,18 @@ def run_celery(
     options = {"confirm_publish": True} if broker.startswith("amqp") else {}
     app = Celery("bench", broker=broker, set_as_current=False)
     app.conf.update(task_default_queue=queue, broker_transport_options=options)
-    worker = start_worker(database_url, broker, queue, concurrency, profile)
+    worker = start_worker(database_url, broker, queue, concurrency, server_side_binding)
     try:
         hostname = f"bench-{queue}@{socket.gethostname()}"
         deadline = time.monotonic() + 60
         while not app.control.ping(destination=[hostname], timeout=0.5):
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise RuntimeError("the Celery worker did not start")
+        from django.conf import settings
         from django.test import override_settings
 
-        with override_settings(FLUXGATE={"RECORDER": "celery", "CELERY_APP": app}):
+        fluxgate = {**settings.FLUXGATE, "RECORDER": "celery", "CELERY_APP": app}
+        with override_settings(FLUXGATE=fluxgate):
             recorder = CeleryRecorder()
             started = time.perf_counter()
             record_from_threads(recorder, records, threads)
@@ -285,7 +301,7 @@ def run_celery(
         return elapsed
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signal.SIGTERM)
+            os.kill(worker.pid, signal.SIGTERM)  # a warm shutdown stops its pool itself
         try:
             worker.wait(20)
         except subprocess.TimeoutExpired:
@@ -303,14 +319,20 @@ def main() -> None:
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=500, help="FLUXGATE['BATCH_SIZE']")
+    parser.add_argument(
+        "--server-side-binding",
+        action="store_true",
+        help="DATABASES OPTIONS server_side_binding + prepare_threshold (here and in the worker)",
+    )
     parser.add_argument("--only", nargs="*", default=["copy", "sync", "thread", "celery"])
-    parser.add_argument("--profile", choices=["thread", "celery-worker"])
+    parser.add_argument("--profile", choices=["thread"])
     args = parser.parse_args()
 
     database_url = with_database(args.postgres, DB_NAME)
     recreate_database(args.postgres)
     try:
-        configure(database_url)
+        configure(database_url, args.batch_size, args.server_side_binding)
         import django
         import psycopg
 
@@ -320,7 +342,8 @@ def main() -> None:
             f"{args.events} events ({time.perf_counter() - t0:.1f} s to generate), "
             f"PostgreSQL {connection_version()}, Django {django.get_version()}, "
             f"psycopg {psycopg.__version__}, Python {sys.version.split()[0]}, "
-            f"{os.cpu_count()} CPUs, {args.threads} recording threads"
+            f"{os.cpu_count()} CPUs, {args.threads} recording threads, "
+            f"BATCH_SIZE {args.batch_size}"
         )
         results: dict[str, tuple[int, float]] = {}
         for name in ("copy", "sync", "thread", "celery"):
@@ -344,7 +367,7 @@ def main() -> None:
                     database_url,
                     args.broker,
                     args.concurrency,
-                    args.profile == "celery-worker",
+                    args.server_side_binding,
                 )
                 n = len(records)
             results[name] = (n, elapsed)

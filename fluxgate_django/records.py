@@ -179,7 +179,8 @@ class EventRecord:
         for key in ("cost_usd", "cost_saved_usd"):
             if data.get(key) is not None:
                 data[key] = Decimal(data[key])
-        return cls(**{k: v for k, v in data.items() if k in EVENT_RECORD_FIELDS})
+        return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
 
 
 EVENT_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(EventRecord))
+_FIELD_SET = frozenset(EVENT_RECORD_FIELDS)

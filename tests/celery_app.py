@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -50,13 +52,14 @@ def _install_hold(spec: str) -> None:
     if point == "mid-transaction":
         from fluxgate_django.recording import base
 
-        insert = base._insert
+        insert = base._copy_insert  # the workers write to PostgreSQL
 
-        def insert_then_hold(records: Any, team_ids: Any) -> None:
-            insert(records, team_ids)  # inside write_events' transaction
-            _hold_once(marker, [str(r.tracking_id) for r in records])
+        def insert_then_hold(rows: Any) -> Any:
+            inserted = insert(rows)  # inside write_events' transaction
+            _hold_once(marker, [str(values["tracking_id"]) for values in rows])
+            return inserted
 
-        base._insert = insert_then_hold
+        base._copy_insert = insert_then_hold
     elif point == "after-commit":
 
         @task_postrun.connect(weak=False)
@@ -70,3 +73,19 @@ def _install_hold(spec: str) -> None:
 
 if os.environ.get("FLUXGATE_TEST_HOLD_BATCH"):
     _install_hold(os.environ["FLUXGATE_TEST_HOLD_BATCH"])
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker started by a test dies with the test process, even one killed outright."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+if os.environ.get("FLUXGATE_TEST_PARENT_PID"):
+    threading.Thread(
+        target=_exit_with_parent,
+        args=(int(os.environ["FLUXGATE_TEST_PARENT_PID"]),),
+        name="exit-with-parent",
+        daemon=True,
+    ).start()

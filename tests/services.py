@@ -282,6 +282,7 @@ class Worker:
             "DJANGO_SETTINGS_MODULE": "tests.settings_celery",
             "FLUXGATE_TEST_QUEUE": queue,
             "FLUXGATE_TEST_RESULT_BACKEND": REDIS_URL,
+            "FLUXGATE_TEST_PARENT_PID": str(os.getpid()),  # see tests/celery_app.py
             **env,
         }
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -342,8 +343,9 @@ class Worker:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            # The main process only: a warm shutdown stops its pool processes itself.
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.kill(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -10,7 +10,8 @@ variables (see tests/celery_worker.py):
 * ``FLUXGATE_TEST_RESULT_BACKEND``: where test tasks put their results (Redis db 15);
 * ``FLUXGATE_TEST_QUEUE``: a queue of this test run's own, so runs never share tasks;
 * ``FLUXGATE_TEST_REDIS_URL``: the default for both (``redis://127.0.0.1:6379/15``);
-* ``FLUXGATE_TEST_SPOOL_DIR``, ``FAKE_OPENAI_URL``.
+* ``FLUXGATE_TEST_SPOOL_DIR``, ``FAKE_OPENAI_URL``;
+* ``FLUXGATE_TEST_CONN_MAX_AGE``, ``FLUXGATE_TEST_SERVER_SIDE_BINDING`` (bench/ingest.py).
 """
 
 import os
@@ -29,7 +30,13 @@ if not _DATABASE_URL.startswith(("postgres://", "postgresql://")):
 
 import dj_database_url  # noqa: E402
 
-DATABASES = {"default": dj_database_url.parse(_DATABASE_URL, conn_max_age=0)}
+DATABASES = {
+    "default": dj_database_url.parse(
+        _DATABASE_URL, conn_max_age=int(os.environ.get("FLUXGATE_TEST_CONN_MAX_AGE", "0"))
+    )
+}
+if os.environ.get("FLUXGATE_TEST_SERVER_SIDE_BINDING"):  # bench/ingest.py --server-side-binding
+    DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
 
 REDIS_URL = os.environ.get("FLUXGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 CELERY_BROKER_URL = os.environ.get("FLUXGATE_TEST_BROKER_URL", REDIS_URL)

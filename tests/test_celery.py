@@ -5,9 +5,15 @@ PostgreSQL shared with the worker; skipped with the reason where those are missi
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
 import threading
 import types
+import weakref
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,7 +174,7 @@ def test_the_site_app_is_found_from_the_writer_thread(monkeypatch):
     unconfigured fallback app (which would publish to amqp://localhost)."""
     from celery import Celery, _state
 
-    monkeypatch.setattr(_state, "_apps", __import__("weakref").WeakSet())
+    monkeypatch.setattr(_state, "_apps", weakref.WeakSet())
     monkeypatch.setattr(_state, "default_app", None)
     site = Celery("site", broker="memory://", set_as_current=False)
     try:
@@ -183,6 +189,26 @@ def test_the_site_app_is_found_from_the_writer_thread(monkeypatch):
             assert celery_recorder.site_celery_app() is app
     finally:
         site.close()
+
+
+@needs_shared_db
+def test_without_a_celery_app_batches_are_written_not_sent_to_a_default_broker(
+    openai, fake, monkeypatch, caplog
+):
+    from celery import _state
+
+    monkeypatch.setattr(_state, "_apps", weakref.WeakSet())
+    monkeypatch.setattr(_state, "default_app", None)
+    monkeypatch.setattr(_state._tls, "current_app", None)
+    with fluxgate_overrides(**CELERY):
+        ids = {
+            openai.chat.completions.create(model="gpt-4o-mini", messages=MSGS).fluxgate.tracking_id
+            for _ in range(3)
+        }
+        assert fluxgate_django.flush(timeout=5)
+
+    assert set(Event.objects.values_list("tracking_id", flat=True)) == ids
+    assert any("no configured Celery app" in r.getMessage() for r in caplog.records)
 
 
 # -- periodic tasks ----------------------------------------------------------------------------
@@ -405,3 +431,42 @@ def test_a_request_context_flows_into_the_task_it_enqueues(worker, fake, member,
     )
     assert event.session_id == session_fingerprint(client.session.session_key)
     assert result["context"]["request_id"] == "req-http-1"
+
+
+def test_the_testproject_celery_app_is_configured_from_its_settings():
+    """``celery -A testproject worker``: broker from REDIS_URL, FluxGate's tasks and beat
+    schedule, and the app the Celery recorder publishes with."""
+    root = Path(__file__).resolve().parent.parent
+    script = (
+        "import json, threading, django; django.setup();"
+        "from testproject import celery_app as app;"
+        "from fluxgate_django.recording.celery import site_celery_app;"
+        "app.loader.import_default_modules();"
+        "found = [];"
+        "t = threading.Thread(target=lambda: found.append(site_celery_app() is app));"
+        "t.start(); t.join();"
+        "print(json.dumps({'broker': app.conf.broker_url,"
+        " 'beat': sorted(e['task'] for e in app.conf.beat_schedule.values()),"
+        " 'tasks': sorted(t for t in app.tasks if t.startswith('fluxgate.')),"
+        " 'recorder_app': found[0]}))"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "testproject.settings",
+        "REDIS_URL": "redis://cache.invalid:6379/3",
+        "PYTHONPATH": os.pathsep.join([str(root / "testproject"), str(root)]),
+    }
+    env.pop("DATABASE_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    conf = json.loads(result.stdout.strip().splitlines()[-1])
+    assert conf["broker"] == "redis://cache.invalid:6379/3"
+    assert conf["beat"] == [
+        "fluxgate.apply_retention",
+        "fluxgate.check_budgets",
+        "fluxgate.replay_spool",
+    ]
+    assert "fluxgate.record_events" in conf["tasks"]
+    assert conf["recorder_app"] is True

@@ -2,16 +2,20 @@
 
 The spool (bounded, replayed by the next write and by ``manage.py fluxgate_replay_spool``,
 settling budgets) is tested anywhere. The rest runs against the real services — PostgreSQL
-shared with a real Celery worker, Redis as the broker — and is skipped, with the reason,
-where they are missing (CI has them):
+shared with real Celery workers, Redis (and RabbitMQ) as the broker — and is skipped,
+with the reason, where they are missing (CI has them):
 
 * the database unreachable during a burst of tracked calls (a TCP proxy in front of
-  PostgreSQL is stopped: connections cut, new ones refused; then started again);
-* the broker unreachable during a burst (the same in front of Redis);
-* a worker killed in the middle of a batch (``acks_late``: the batch is delivered again);
+  PostgreSQL is stopped: connections cut, new ones refused; then started again), with
+  the thread recorder (spool, replayed by the next write) and the Celery recorder (the
+  worker's task is retried, the batch waits in the broker);
+* the broker unreachable during a burst (the same in front of Redis, and of RabbitMQ);
+* a worker killed in the middle of a batch (``acks_late``: the batch is delivered again),
+  before and after its transaction commits;
+* the same batch written twice at the same moment (budgets and rollups count it once);
 * a bug inside FluxGate's recording, in the caller's process and in a worker.
 
-Each prints ``sent / stored / duplicates``.
+Each prints ``sent / stored / duplicates`` and checks the report rollups too.
 """
 
 from __future__ import annotations
@@ -255,7 +259,8 @@ def proxies_up(stack):
 
 class Burst:
     """Tracked chat completions from several threads, each with a real ``openai.OpenAI``
-    client on the fake provider, until stopped. Every call must succeed."""
+    client on the fake provider, until stopped (use it as a context manager). Every call
+    must succeed."""
 
     def __init__(self, base_url: str, threads: int = 4, pause: float = 0.002, **context: Any):
         self.base_url = base_url
@@ -299,11 +304,20 @@ class Burst:
         assert wait_until(lambda: self.sent >= target and time.monotonic() >= until, timeout)
 
     def stop(self) -> list[uuid.UUID]:
+        self._halt()
+        assert not self.failures, self.failures[:5]
+        return list(self.ids)
+
+    def _halt(self) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(30)
-        assert not self.failures, self.failures[:5]
-        return list(self.ids)
+
+    def __enter__(self) -> Burst:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._halt()  # also when the test failed: no caller thread outlives it
 
 
 def stored_count() -> int:
@@ -358,15 +372,15 @@ def test_database_outage_during_a_burst_thread_recorder(proxies_up, fake, spool_
         database_through(stack.db_proxy),
         fluxgate_overrides(RECORDER="thread", BATCH_SIZE=100, SPOOL_DIR=str(spool_dir), **FAST),
     ):
-        burst = Burst(fake.openai_base_url)
-        burst.run_for(150)
-        stack.db_proxy.stop()  # PostgreSQL goes away: connections cut, new ones refused
-        burst.run_for(150, seconds=1.0)
-        assert wait_until(lambda: spooled_lines(spool_dir) > 0, 5)
-        spooled = spooled_lines(spool_dir)
-        stack.db_proxy.start()
-        burst.run_for(150)
-        sent = burst.stop()
+        with Burst(fake.openai_base_url) as burst:
+            burst.run_for(150)
+            stack.db_proxy.stop()  # PostgreSQL goes away: connections cut, new ones refused
+            burst.run_for(150, seconds=1.0)
+            assert wait_until(lambda: spooled_lines(spool_dir) > 0, 5)
+            spooled = spooled_lines(spool_dir)
+            stack.db_proxy.start()
+            burst.run_for(150)
+            sent = burst.stop()
         assert fluxgate_django.flush(timeout=30)
         # The first successful write after the outage replayed the spool by itself.
         assert spooled_lines(spool_dir) == 0
@@ -379,16 +393,16 @@ def test_database_outage_during_a_burst_thread_recorder(proxies_up, fake, spool_
 def test_database_outage_during_a_burst_celery_recorder(proxies_up, fake, capsys):
     stack = proxies_up
     with fluxgate_overrides(RECORDER="celery", CELERY_APP=stack.app, BATCH_SIZE=50, **FAST):
-        burst = Burst(fake.openai_base_url)
-        burst.run_for(150)
-        stack.db_proxy.stop()  # the worker's database goes away
-        time.sleep(0.5)
-        before = stored_count()  # (this process reaches PostgreSQL directly)
-        burst.run_for(150, seconds=1.0)
-        during = stored_count()
-        stack.db_proxy.start()
-        burst.run_for(150)
-        sent = burst.stop()
+        with Burst(fake.openai_base_url) as burst:
+            burst.run_for(150)
+            stack.db_proxy.stop()  # the worker's database goes away
+            time.sleep(0.5)
+            before = stored_count()  # (this process reaches PostgreSQL directly)
+            burst.run_for(150, seconds=1.0)
+            during = stored_count()
+            stack.db_proxy.start()
+            burst.run_for(150)
+            sent = burst.stop()
         assert fluxgate_django.flush(timeout=30)
 
     assert during == before < len(sent)  # nothing was written while it was down
@@ -399,13 +413,13 @@ def test_database_outage_during_a_burst_celery_recorder(proxies_up, fake, capsys
 def broker_outage_burst(app: Any, proxy: TcpProxy, base_url: str) -> list[uuid.UUID]:
     """A burst during which ``proxy`` (the broker, as the recorder reaches it) goes away."""
     with fluxgate_overrides(RECORDER="celery", CELERY_APP=app, BATCH_SIZE=50, **FAST):
-        burst = Burst(base_url)
-        burst.run_for(150)
-        proxy.stop()
-        burst.run_for(150, seconds=1.5)
-        proxy.start()
-        burst.run_for(150)
-        sent = burst.stop()
+        with Burst(base_url) as burst:
+            burst.run_for(150)
+            proxy.stop()
+            burst.run_for(150, seconds=1.5)
+            proxy.start()
+            burst.run_for(150)
+            sent = burst.stop()
         assert fluxgate_django.flush(timeout=30)
     return sent
 
@@ -511,11 +525,11 @@ def test_a_worker_killed_mid_batch(fake, fake_provider, tmp_path, capsys, reques
     try:
         workers[0].wait_ready(app)
         with fluxgate_overrides(RECORDER="celery", CELERY_APP=app, BATCH_SIZE=20, **FAST):
-            burst = Burst(fake.openai_base_url, team=slug)
-            burst.run_for(100)
-            assert wait_until(marker.exists, 20), workers[0].log()
-            burst.run_for(50)
-            sent = burst.stop()
+            with Burst(fake.openai_base_url, team=slug) as burst:
+                burst.run_for(100)
+                assert wait_until(marker.exists, 20), workers[0].log()
+                burst.run_for(50)
+                sent = burst.stop()
             assert fluxgate_django.flush(timeout=30)
         held = json.loads(marker.read_text())
         held_ids = held["tracking_ids"]
@@ -554,13 +568,13 @@ def test_a_batch_written_twice_at_once_counts_and_settles_once(monkeypatch, caps
     budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("10"))
     records = [reserved_record("twice") for _ in range(20)]
     together = threading.Barrier(2, timeout=10)
-    insert = base._insert
+    insert = base._copy_insert
 
     def insert_together(*args: Any, **kwargs: Any) -> Any:
         together.wait()  # both writers have done everything that comes before the INSERT
         return insert(*args, **kwargs)
 
-    monkeypatch.setattr(base, "_insert", insert_together)
+    monkeypatch.setattr(base, "_copy_insert", insert_together)
 
     def write() -> None:
         try:

@@ -50,6 +50,13 @@ def _no_runaway_detection():
         yield
 
 
+def clear_report_tables() -> None:
+    """Start from empty tables even if another test's subprocess committed events to the
+    shared PostgreSQL test database: these tests count every event."""
+    for model in (Event, UsageRollup, EndUserUsageRollup):
+        model.objects.all().delete()
+
+
 # -- a dataset with known numbers ----------------------------------------------------------
 
 
@@ -82,6 +89,7 @@ def make_dataset() -> dict[str, Team]:
     chat            —      $0.001 50 ms; and a call refused by a budget (search)
     ==============  =====  ====================================================
     """
+    clear_report_tables()
     search = Team.objects.create(name="Search", slug="search")
     support = Team.objects.create(name="Support", slug="support")
     gpt = {"feature": "ab-test-gpt", "team": "search", "provider": "openai", "model": "gpt-4o"}
@@ -275,6 +283,7 @@ def all_rollups() -> tuple[list[Any], list[Any]]:
 @pytest.mark.django_db
 @pytest.mark.parametrize("time_zone", ["UTC", "America/New_York", "Asia/Kolkata"])
 def test_incremental_rollups_equal_a_rebuild_from_events(time_zone):
+    clear_report_tables()
     with override_settings(TIME_ZONE=time_zone):
         rng = random.Random(42)
         team = Team.objects.create(name="A", slug="a")
@@ -309,6 +318,7 @@ def test_a_batch_written_twice_at_once_is_counted_once(monkeypatch):
         pytest.skip("needs PostgreSQL (DATABASE_URL=postgres://...): concurrent writers")
     from fluxgate_django.recording import base
 
+    clear_report_tables()
     Team.objects.create(name="A", slug="a")
     records = random_records(random.Random(9), 200, [None, "a"])
     together = threading.Barrier(2, timeout=10)
@@ -361,6 +371,7 @@ def test_a_failing_rollup_write_loses_no_event(monkeypatch, caplog):
     def broken(self, using="default"):
         raise DatabaseError("rollup table missing")
 
+    clear_report_tables()
     monkeypatch.setattr(RollupBatch, "save", broken)
     with fluxgate_overrides(RAISE_ERRORS=False):
         assert write_events([event(provider="openai", model="gpt-4o", feature="f")]) == 1
@@ -395,6 +406,7 @@ def test_money_units_round_like_a_numeric_column():
 
 @pytest.mark.django_db
 def test_rollups_follow_real_tracked_calls(openai_client, fake):
+    clear_report_tables()
     client = track_openai(openai_client).with_context(feature="ab-test-gpt", team=None)
     for latency in (0.01, 0.02, 0.03):
         fake.enqueue(FakeReply(text="ok", input_tokens=1000, output_tokens=100, delay=latency))

@@ -22,7 +22,7 @@ from fluxgate_django.models import Budget, SpendCounter, TeamMembership, to_unit
 from fluxgate_django.reports import breakdown, last_days
 from fluxgate_django.reports.queries import EXPORT_COLUMNS
 from tests.helpers import fluxgate_overrides
-from tests.test_reports import assert_matches_expected, make_dataset
+from tests.test_reports import assert_matches_expected, clear_report_tables, make_dataset
 
 pytestmark = pytest.mark.django_db
 
@@ -188,6 +188,7 @@ def test_budget_state_per_team(admin_client, teams):
 def test_the_report_after_the_demo(admin_client, capsys):
     pytest.importorskip("openai")
     pytest.importorskip("anthropic")
+    clear_report_tables()
     call_command("fluxgate_demo", "--calls", "24", "--no-input")
     capsys.readouterr()
     response = admin_client.get(report_url("by=feature&range=today"))

@@ -36,6 +36,7 @@ from fluxgate_django.models import Budget, Team
 from fluxgate_django.recording import write_events
 from fluxgate_django.records import EventRecord
 from fluxgate_django.reports.chart import PALETTE
+from tests.test_reports import clear_report_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = next(
@@ -68,6 +69,7 @@ FEATURES = ["ab-test-gpt", "ab-test-claude", "summarize", "chat"]
 
 
 def make_events() -> None:
+    clear_report_tables()
     team = Team.objects.create(name="Search", slug="search")
     Budget.objects.create(team=team, period="month", limit_usd=Decimal("5"))
     noon = timezone.now().replace(hour=12, minute=0, second=0, microsecond=0)

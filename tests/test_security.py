@@ -394,6 +394,14 @@ AUDITED_SQL = {
     ("fluxgate_django/recording/base.py", "_insert", "executemany"): (
         "INSERT built once from the Event model's own columns (quote_name), values as placeholders"
     ),
+    ("fluxgate_django/recording/base.py", "_copy_insert", "execute"): (
+        "CREATE TEMPORARY TABLE / TRUNCATE / INSERT ... SELECT built once from the Event "
+        "model's columns and a fixed staging table name (quote_name); no values at all"
+    ),
+    ("fluxgate_django/recording/base.py", "_copy_insert", "copy"): (
+        "COPY of the staging table's fixed column list; the values go through psycopg's "
+        "write_row, never into the SQL text"
+    ),
     ("fluxgate_django/reports/rollups.py", "save", "executemany"): (
         "rollup upsert built from model columns (quote_name), values as placeholders"
     ),

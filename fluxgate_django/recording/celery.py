@@ -11,8 +11,9 @@ The batch is published from the recorder's writer thread, where Celery has no cu
 app of its own (Celery keeps the current app per thread, and a thread without one gets
 an unconfigured fallback app that talks to ``amqp://localhost``). So the recorder finds
 the site's app itself: ``FLUXGATE["CELERY_APP"]`` (a dotted path, or the app) if set,
-else the app current in the thread that set it, else the one Celery app the process
-created. A site with several Celery apps should set ``CELERY_APP``.
+else the app current in this thread, else the one Celery app the process created. A site
+with several Celery apps should set ``CELERY_APP``. With none found, batches are written
+directly (with a warning), never sent to Celery's default broker.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class CeleryRecorder(ThreadRecorder):
     def __init__(self) -> None:
         super().__init__()
         self._app: Any = None
+        self._warned = False
 
     def persist(self, batch: list[EventRecord]) -> None:
         from .. import tasks  # noqa: F401  (registers the task with the app)
@@ -46,8 +48,18 @@ class CeleryRecorder(ThreadRecorder):
         payload = [record.to_json() for record in batch]
         try:
             app = self._app or site_celery_app()
-            if not _is_celery_fallback(app):
-                self._app = app  # found for good (a fallback: look again next batch)
+            if _is_celery_fallback(app):
+                # Celery's unconfigured app would send the batch to amqp://localhost,
+                # where no worker of this site may be listening: write it here instead.
+                if not self._warned:
+                    self._warned = True
+                    logger.warning(
+                        "FluxGate found no configured Celery app (set FLUXGATE['CELERY_APP']); "
+                        "writing events directly"
+                    )
+                write_events(batch)
+                return
+            self._app = app
             task = app.tasks[TASK_NAME]
             task.apply_async(args=[payload], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
         except Exception as exc:  # kombu/redis/amqp connection errors differ per transport
