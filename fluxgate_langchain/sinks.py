@@ -12,6 +12,7 @@ The choice is made at the first event, not at import, so that a handler created 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import contextvars
@@ -36,7 +37,7 @@ logger = logging.getLogger("fluxgate.langchain")
 T = TypeVar("T")
 
 
-class Sink:
+class Sink(abc.ABC):
     """Records finished runs. Subclasses say whether the choice is final for a handler."""
 
     final = True
@@ -54,11 +55,13 @@ class Sink:
         except Exception:
             logger.exception("FluxGate internal error while %s (the run is unaffected)", what)
 
-    def reserve(self, run: LLMRun, messages: Any, params: dict[str, Any]) -> None:
-        """Reserve the run's estimated cost on the budgets that apply (Django only)."""
+    def reserve(self, run: LLMRun, messages: Any, params: dict[str, Any]) -> None:  # noqa: B027
+        """Reserve the run's estimated cost on the budgets that apply (Django only; by
+        default nothing is enforced)."""
 
+    @abc.abstractmethod
     def record(self, run: LLMRun, info: CallInfo, usage: Usage | None, **fields: Any) -> None:
-        raise NotImplementedError
+        """Persist one finished LLM run as an event."""
 
 
 class DjangoSink(Sink):
