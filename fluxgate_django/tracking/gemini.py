@@ -248,12 +248,9 @@ class _Sink:
 _stream_sink: ContextVar[_Sink | None] = ContextVar("fluxgate_gemini_stream", default=None)
 
 
-class GeminiStream:
-    """``generate_content_stream()``'s generator, plus ``.fluxgate`` once it has ended.
-
-    Iterate it as the SDK's generator; other attributes are the generator's. With automatic
-    function calling a stream spans several requests: ``.fluxgate`` is the last one's.
-    """
+class _TrackedGenerator:
+    """The SDK's (async) generator, plus ``.fluxgate`` once it has ended; every other
+    attribute is the generator's."""
 
     __slots__ = ("_chunks", "_sink")
 
@@ -265,6 +262,19 @@ class GeminiStream:
     def fluxgate(self) -> Any:
         """FluxGate's TrackingResult, once the stream is consumed, closed or dropped."""
         return self._sink.fluxgate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chunks, name)
+
+
+class GeminiStream(_TrackedGenerator):
+    """``generate_content_stream()``'s generator, plus ``.fluxgate`` once it has ended.
+
+    With automatic function calling a stream spans several requests: ``.fluxgate`` is the
+    last one's.
+    """
+
+    __slots__ = ()
 
     def __iter__(self) -> GeminiStream:
         return self
@@ -279,23 +289,11 @@ class GeminiStream:
     def close(self) -> None:
         self._chunks.close()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._chunks, name)
 
-
-class AsyncGeminiStream:
+class AsyncGeminiStream(_TrackedGenerator):
     """``aio.models.generate_content_stream()``'s async generator, plus ``.fluxgate``."""
 
-    __slots__ = ("_chunks", "_sink")
-
-    def __init__(self, chunks: Any) -> None:
-        self._chunks = chunks
-        self._sink = _Sink()
-
-    @property
-    def fluxgate(self) -> Any:
-        """FluxGate's TrackingResult, once the stream is consumed, closed or dropped."""
-        return self._sink.fluxgate
+    __slots__ = ()
 
     def __aiter__(self) -> AsyncGeminiStream:
         return self
@@ -309,9 +307,6 @@ class AsyncGeminiStream:
 
     async def aclose(self) -> None:
         await self._chunks.aclose()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._chunks, name)
 
 
 class _GeminiState:
