@@ -209,8 +209,8 @@ class _Inserter:
         ]
         # COPY sends every value as text, parsed by its column's type: only JSON needs
         # encoding here (psycopg writes UUIDs, datetimes and Decimals as is).
-        self.copy_fields = [
-            (f.attname, f.encoder if f.get_internal_type() == "JSONField" else False)
+        self.copy_fields: list[tuple[str, bool, Any]] = [
+            (f.attname, f.get_internal_type() == "JSONField", getattr(f, "encoder", None))
             for f in fields
         ]
 
@@ -222,10 +222,10 @@ class _Inserter:
 
     def copy_row(self, values: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(
-            values[name]
-            if encoder is False or values[name] is None
-            else json.dumps(values[name], cls=encoder)
-            for name, encoder in self.copy_fields
+            json.dumps(values[name], cls=encoder)
+            if is_json and values[name] is not None
+            else values[name]
+            for name, is_json, encoder in self.copy_fields
         )
 
 
