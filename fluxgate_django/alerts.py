@@ -91,15 +91,21 @@ def celery_configured() -> bool:
 
 def dispatch_notification(alert_id: int) -> None:
     """Send the alert's e-mail and webhook off the caller's path."""
+    _dispatch("send_budget_alert", send_notifications, alert_id)
+
+
+def _dispatch(task_name: str, send: Any, object_id: int) -> None:
+    """Run ``send(object_id)`` as the Celery task ``task_name`` when Celery is configured,
+    else in a background thread (also when the task can't be queued)."""
     if celery_configured():
         try:
-            from .tasks import send_budget_alert
+            from . import tasks
 
-            send_budget_alert.delay(alert_id)
+            getattr(tasks, task_name).delay(object_id)
             return
         except Exception:
-            logger.warning("FluxGate could not queue the alert task; sending in-process")
-    _start_thread(send_notifications, alert_id)
+            logger.warning("FluxGate could not queue %s; sending in-process", task_name)
+    _start_thread(send, object_id)
 
 
 _threads: list[threading.Thread] = []
@@ -113,15 +119,7 @@ def wait_for_notifications(timeout: float = 10) -> None:
 
 def dispatch_anomaly_notification(anomaly_id: int) -> None:
     """Tell the team's admins about a runaway, off the caller's path."""
-    if celery_configured():
-        try:
-            from .tasks import send_anomaly_alert
-
-            send_anomaly_alert.delay(anomaly_id)
-            return
-        except Exception:
-            logger.warning("FluxGate could not queue the anomaly task; sending in-process")
-    _start_thread(send_anomaly_notifications, anomaly_id)
+    _dispatch("send_anomaly_alert", send_anomaly_notifications, anomaly_id)
 
 
 def _start_thread(func: Any, arg: int) -> None:
