@@ -150,6 +150,7 @@ def _check_numbers() -> list[Any]:
         ("BATCH_SIZE", s.BATCH_SIZE, False),
         ("FLUSH_INTERVAL", s.FLUSH_INTERVAL, False),
         ("MAX_QUEUE_SIZE", s.MAX_QUEUE_SIZE, False),
+        ("WRITER_THREADS", s.WRITER_THREADS, False),
         ("PRICE_CACHE_SECONDS", s.PRICE_CACHE_SECONDS, True),
         ("CIRCUIT_BREAKER['failures']", s.CIRCUIT_BREAKER.get("failures"), False),
         ("CIRCUIT_BREAKER['cooldown_seconds']", s.CIRCUIT_BREAKER.get("cooldown_seconds"), True),

@@ -35,10 +35,14 @@ DEFAULTS: dict[str, Any] = {
     "ROUTES": {},
     "CIRCUIT_BREAKER": {"failures": 3, "cooldown_seconds": 300},
     "RESPONSE_CACHE": {"alias": "default", "ttl": 3600},
-    # Thread recorder: flush when this many events are queued ...
-    "BATCH_SIZE": 500,
+    # Thread/Celery recorders: write (or send) a batch when this many events are queued
+    # (one transaction, or one task, per batch; see "Running at scale" in the README) ...
+    "BATCH_SIZE": 2000,
     # ... or this many seconds after the oldest queued event.
     "FLUSH_INTERVAL": 1.0,
+    # Thread recorder: writer threads (each with a database connection of its own). Two
+    # overlap one batch's Python work with the database's work on another.
+    "WRITER_THREADS": 2,
     # Events held in memory at most; past this the recorder writes to the spool.
     "MAX_QUEUE_SIZE": 100_000,
     # Where events go when the database is unreachable (JSON lines). None: a

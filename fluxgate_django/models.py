@@ -219,8 +219,15 @@ class Event(models.Model):
 
     tracking_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # No index of its own: (team, created_at) below serves every lookup by team, and an
+    # index less is ~10% less work per inserted event.
     team = models.ForeignKey(
-        Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+        Team,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="events",
+        db_index=False,
     )
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import operator
 import uuid
+from collections.abc import Sequence
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -157,11 +160,15 @@ class EventRecord:
             cost_source=self.cost_source,
         )
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe dict (for the spool and for task payloads)."""
+    def to_json(self, *, compact: bool = False) -> dict[str, Any]:
+        """A JSON-safe dict (for the spool and for task payloads). ``compact`` leaves out
+        the fields at their default value, which :meth:`from_json` puts back: a typical
+        event is a third of the size, and a third of the work to decode."""
         out: dict[str, Any] = {}
-        for f in EVENT_RECORD_FIELDS:
+        for f, default in _FIELD_DEFAULTS:
             value = getattr(self, f)
+            if compact and value.__class__ is default.__class__ and value == default:
+                continue
             if isinstance(value, (uuid.UUID, Decimal)):
                 value = str(value)
             elif isinstance(value, dt.datetime):
@@ -173,14 +180,82 @@ class EventRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EventRecord:
-        data = dict(data)
-        data["tracking_id"] = uuid.UUID(data["tracking_id"])
-        data["created_at"] = dt.datetime.fromisoformat(data["created_at"])
+        values = {k: v for k, v in data.items() if k in _FIELD_SET}
+        values["tracking_id"] = uuid.UUID(values["tracking_id"])
+        values["created_at"] = dt.datetime.fromisoformat(values["created_at"])
         for key in ("cost_usd", "cost_saved_usd"):
-            if data.get(key) is not None:
-                data[key] = Decimal(data[key])
-        return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
+            if values.get(key) is not None:
+                values[key] = Decimal(values[key])
+        return cls(**values)
 
 
 EVENT_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(EventRecord))
 _FIELD_SET = frozenset(EVENT_RECORD_FIELDS)
+
+
+class _Required:
+    """The "default" of a field without one: equal to nothing, so always sent."""
+
+
+#: (field, default) of every EventRecord field, for ``to_json(compact=True)``.
+_FIELD_DEFAULTS: tuple[tuple[str, Any], ...] = tuple(
+    (
+        f.name,
+        f.default_factory()
+        if f.default_factory is not dataclasses.MISSING
+        else _Required()
+        if f.default is dataclasses.MISSING
+        else f.default,
+    )
+    for f in dataclasses.fields(EventRecord)
+)
+
+
+# -- batches as one JSON text (Celery task payloads) ------------------------------------------
+
+_all_fields = operator.attrgetter(*EVENT_RECORD_FIELDS)
+_AT = {name: i for i, name in enumerate(EVENT_RECORD_FIELDS)}
+_TRACKING_ID, _CREATED_AT, _TEAM = _AT["tracking_id"], _AT["created_at"], _AT["team"]
+_MONEY = (_AT["cost_usd"], _AT["cost_saved_usd"])
+
+
+def pack_records(records: Sequence[EventRecord]) -> str:
+    """A batch as one JSON text: the field names once, then one list of values per record.
+
+    What the Celery recorder sends as its task's argument. Against a list of
+    ``to_json()`` dicts it is a quarter of the work to encode and to decode (no key per
+    value, and a string is passed through by the broker's serializer, where each dict
+    would go through its per-object hooks, in the worker's main process and again in
+    the pool process).
+    """
+    rows = []
+    for record in records:
+        row = list(_all_fields(record))
+        row[_TRACKING_ID] = str(row[_TRACKING_ID])
+        row[_CREATED_AT] = row[_CREATED_AT].isoformat()
+        for i in _MONEY:
+            if row[i] is not None:
+                row[i] = str(row[i])
+        team = row[_TEAM]
+        if team is not None and not isinstance(team, (str, int)):
+            row[_TEAM] = team.pk
+        rows.append(row)
+    return json.dumps({"fields": EVENT_RECORD_FIELDS, "rows": rows}, separators=(",", ":"))
+
+
+def unpack_records(text: str) -> list[EventRecord]:
+    """The records of a :func:`pack_records` text (one packed by a version of FluxGate
+    with other fields too: by name, as :meth:`EventRecord.from_json` reads them)."""
+    data = json.loads(text)
+    fields, rows = data["fields"], data["rows"]
+    if tuple(fields) != EVENT_RECORD_FIELDS:
+        return [EventRecord.from_json(dict(zip(fields, row, strict=True))) for row in rows]
+    records = []
+    for row in rows:
+        row[_TRACKING_ID] = uuid.UUID(row[_TRACKING_ID])
+        row[_CREATED_AT] = dt.datetime.fromisoformat(row[_CREATED_AT])
+        for i in _MONEY:
+            if row[i] is not None:
+                row[i] = Decimal(row[i])
+        records.append(EventRecord(*row))
+    return records

@@ -48,6 +48,10 @@ def _minute(now: float | None = None) -> int:
     return int((now if now is not None else time.time()) // 60)
 
 
+#: [minute, the counter keys of that minute this process has created (cache.add)].
+_created: list[Any] = [None, set()]
+
+
 def record_spend(spend: dict[tuple[int, str], int], now: float | None = None) -> None:
     """Add ``{(team_id, feature): units}`` to this minute's counters, then look for runaways."""
     options = _options()
@@ -64,40 +68,62 @@ def record_spend(spend: dict[tuple[int, str], int], now: float | None = None) ->
         totals[(team_id, "")] = totals.get((team_id, ""), 0) + units
         if feature:
             totals[(team_id, feature)] = totals.get((team_id, feature), 0) + units
+    if _created[0] != minute:
+        _created[:] = [minute, set()]
+    created: set[str] = _created[1]
     for (team_id, feature), units in totals.items():
         key = f"{_PREFIX}:{_scope(team_id, feature)}:{minute}"
-        cache.add(key, 0, ttl)
+        if key not in created:  # one round trip less per key after its first batch
+            cache.add(key, 0, ttl)
+            created.add(key)
         try:
             cache.incr(key, units)
         except ValueError:  # expired between add and incr
             cache.set(key, units, ttl)
-    for team_id, feature in totals:
-        _check(team_id, feature, minute)
+    _check(list(totals), minute)
 
 
-def _check(team_id: int, feature: str, minute: int) -> None:
+def _check(scopes: list[tuple[int, str]], minute: int) -> None:
+    """Compare each scope's recent window with its baseline.
+
+    One cache read per batch: the recent window's counters, and each scope's baseline
+    total — the minutes before the window, which no longer change — summed once a minute
+    and kept in the cache beside the counters (so every process shares it).
+    """
     options = _options()
     window = int(options["window_minutes"])
     baseline = int(options["baseline_minutes"])
+    recent = range(minute - window + 1, minute + 1)
+    keys = {scope: [f"{_PREFIX}:{_scope(*scope)}:{m}" for m in recent] for scope in scopes}
+    base_keys = {scope: f"{_PREFIX}-baseline:{_scope(*scope)}:{minute}" for scope in scopes}
     cache = _cache()
-    scope = _scope(team_id, feature)
-    keys = [f"{_PREFIX}:{scope}:{m}" for m in range(minute - window - baseline + 1, minute + 1)]
-    values = cache.get_many(keys)
-    counts = [int(values.get(k, 0)) for k in keys]
-    recent = sum(counts[-window:])
-    previous = sum(counts[:-window])
+    values = cache.get_many([k for ks in keys.values() for k in ks] + list(base_keys.values()))
+    missing = [scope for scope in scopes if base_keys[scope] not in values]
+    if missing:
+        before = range(minute - window - baseline + 1, minute - window + 1)
+        minute_keys = {s: [f"{_PREFIX}:{_scope(*s)}:{m}" for m in before] for s in missing}
+        found = cache.get_many([k for ks in minute_keys.values() for k in ks])
+        totals = {
+            base_keys[s]: sum(int(found.get(k, 0)) for k in ks) for s, ks in minute_keys.items()
+        }
+        cache.set_many(totals, 120)
+        values.update(totals)
     from .models import from_units
 
-    recent_usd = from_units(recent)
-    if recent_usd < Decimal(str(options["min_spend_usd"])):
-        return
-    baseline_per_window = from_units(previous) * window / baseline
-    if recent_usd <= Decimal(str(options["factor"])) * baseline_per_window:
-        return
-    # Once per window, across processes.
-    if not cache.add(f"fluxgate:anomaly:{scope}", 1, window * 60):
-        return
-    _raise_anomaly(team_id, feature, window, recent_usd, baseline_per_window)
+    min_spend = Decimal(str(options["min_spend_usd"]))
+    factor = Decimal(str(options["factor"]))
+    for scope, scope_keys in keys.items():
+        recent_usd = from_units(sum(int(values.get(k, 0)) for k in scope_keys))
+        if recent_usd < min_spend:
+            continue
+        baseline_per_window = from_units(int(values[base_keys[scope]])) * window / baseline
+        if recent_usd <= factor * baseline_per_window:
+            continue
+        # Once per window, across processes.
+        team_id, feature = scope
+        if not cache.add(f"fluxgate:anomaly:{_scope(team_id, feature)}", 1, window * 60):
+            continue
+        _raise_anomaly(team_id, feature, window, recent_usd, baseline_per_window)
 
 
 def _raise_anomaly(

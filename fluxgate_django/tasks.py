@@ -21,8 +21,11 @@ from .alerts import send_anomaly_notifications, send_notifications
     retry_backoff_max=60,
     max_retries=None,
 )
-def record_events(payload: list[dict[str, Any]]) -> int:
+def record_events(payload: str | list[dict[str, Any]]) -> int:
     """Write one batch of events (idempotent by ``tracking_id``; budgets settle once).
+
+    ``payload``: the batch packed by :func:`~fluxgate_django.records.pack_records` (or,
+    from an earlier version, a list of ``EventRecord.to_json()`` dicts).
 
     ``acks_late`` + ``reject_on_worker_lost``: a worker that dies mid-batch leaves the
     message to the broker, which delivers it again (the rows it may have committed are

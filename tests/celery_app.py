@@ -52,20 +52,23 @@ def _install_hold(spec: str) -> None:
     if point == "mid-transaction":
         from fluxgate_django.recording import base
 
-        insert = base._copy_insert  # the workers write to PostgreSQL
+        insert = base._insert_new  # the workers write to PostgreSQL
 
         def insert_then_hold(rows: Any) -> Any:
             inserted = insert(rows)  # inside write_events' transaction
-            _hold_once(marker, [str(values["tracking_id"]) for values in rows])
+            at = base._event_rows().columns.index("tracking_id")
+            _hold_once(marker, [str(row[at]) for row in rows])
             return inserted
 
-        base._copy_insert = insert_then_hold
+        base._insert_new = insert_then_hold
     elif point == "after-commit":
 
         @task_postrun.connect(weak=False)
         def hold_before_ack(sender: Any = None, args: Any = (), **kwargs: Any) -> None:
             if getattr(sender, "name", None) == "fluxgate.record_events":
-                _hold_once(marker, [item["tracking_id"] for item in args[0]])
+                from fluxgate_django.recording.celery import payload_records
+
+                _hold_once(marker, [str(r.tracking_id) for r in payload_records(args[0])])
 
     else:
         raise ValueError(f"FLUXGATE_TEST_HOLD_BATCH: unknown point {point!r}")

@@ -27,6 +27,7 @@ from fluxgate_django.context import EMPTY_CONTEXT
 from fluxgate_django.models import Budget, Event, SpendCounter, Team, TeamMembership
 from fluxgate_django.recording import base, spool
 from fluxgate_django.recording import celery as celery_recorder
+from fluxgate_django.records import pack_records
 from fluxgate_django.testing import DEFAULT_TEXT
 from tests import services
 from tests.helpers import MSGS, fluxgate_overrides
@@ -91,14 +92,16 @@ def test_a_batch_is_one_task_with_json_records(openai, fake):
 
     assert len(task.sent) == 1  # one task for the batch, not one per event
     (payload,), options = task.sent[0]
-    assert [item["tracking_id"] for item in payload] == [str(i) for i in ids]
-    assert {item["feature"] for item in payload} == {"batched"}
+    records = celery_recorder.payload_records(json.loads(json.dumps(payload)))  # via a broker
+    assert [r.tracking_id for r in records] == ids
+    assert {(r.feature, r.team) for r in records} == {("batched", "no-such-team")}
     assert options["retry_policy"] == celery_recorder.PUBLISH_RETRY_POLICY
     assert Event.objects.count() == 0  # the worker writes them, not the recorder
 
 
 @needs_shared_db
-def test_the_task_writes_a_batch_once_and_settles_its_budget_once(django_user_model):
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "dicts-of-an-earlier-version"])
+def test_the_task_writes_a_batch_once_and_settles_its_budget_once(django_user_model, packed):
     from fluxgate_django.budgets import check_budget
     from fluxgate_django.context import TrackingContext
     from fluxgate_django.models import to_units
@@ -118,7 +121,7 @@ def test_the_task_writes_a_batch_once_and_settles_its_budget_once(django_user_mo
         record = make_record(team="search")
         guard.attach(record)
         records.append(record)
-    payload = [r.to_json() for r in records]
+    payload = pack_records(records) if packed else [r.to_json() for r in records]
 
     assert record_events.run(payload) == 3
     assert record_events.run(payload) == 3  # redelivered: nothing new, nothing settled twice

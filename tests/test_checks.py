@@ -123,13 +123,13 @@ def test_unknown_key_warns() -> None:
 
 
 def test_settings_reload_on_override() -> None:
-    assert fluxgate_settings.BATCH_SIZE == 500  # the default
+    assert fluxgate_settings.BATCH_SIZE == 2000  # the default
     assert fluxgate_settings.RECORDER == "sync"
     overrides = {**settings.FLUXGATE, "BATCH_SIZE": 7, "RECORDER": "thread"}
     with override_settings(FLUXGATE=overrides):
         assert fluxgate_settings.BATCH_SIZE == 7
         assert fluxgate_settings.RECORDER == "thread"
-    assert fluxgate_settings.BATCH_SIZE == 500  # the default
+    assert fluxgate_settings.BATCH_SIZE == 2000  # the default
     assert fluxgate_settings.RECORDER == "sync"
 
 

@@ -102,7 +102,7 @@ def reserved_record(team: str, **fields: Any) -> Any:
 
 def test_the_spool_is_bounded_and_every_drop_is_logged_and_counted(spool_dir, caplog):
     records = [make_record() for _ in range(10)]
-    line = len(json.dumps(records[0].to_json(), separators=(",", ":"))) + 1
+    line = len(json.dumps(records[0].to_json(compact=True), separators=(",", ":"))) + 1
     with fluxgate_overrides(SPOOL_DIR=str(spool_dir), SPOOL_MAX_BYTES=int(line * 6.5)):
         assert spool.append(records[:4]) == 4
         assert spool.append(records[4:]) == 2  # room for two more lines, not three
@@ -183,7 +183,7 @@ def test_a_replay_that_hits_a_bug_gives_the_file_back(spool_dir):
 
 
 @needs_shared_db
-@pytest.mark.parametrize("where", ["record", "build_record", "to_json"])
+@pytest.mark.parametrize("where", ["record", "build_record", "pack_records"])
 def test_a_recorder_bug_never_reaches_the_llm_call(openai_client, fake, monkeypatch, caplog, where):
     class Task:
         def apply_async(self, args, **options):
@@ -202,7 +202,7 @@ def test_a_recorder_bug_never_reaches_the_llm_call(openai_client, fake, monkeypa
         elif where == "build_record":
             monkeypatch.setattr("fluxgate_django.tracking.core.build_record", bug)
         else:  # in the writer thread, while building the task's payload
-            monkeypatch.setattr("fluxgate_django.records.EventRecord.to_json", bug)
+            monkeypatch.setattr("fluxgate_django.recording.celery.pack_records", bug)
         response = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)
         fluxgate_django.flush(timeout=5)
 
@@ -568,13 +568,13 @@ def test_a_batch_written_twice_at_once_counts_and_settles_once(monkeypatch, caps
     budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("10"))
     records = [reserved_record("twice") for _ in range(20)]
     together = threading.Barrier(2, timeout=10)
-    insert = base._copy_insert
+    insert = base._insert_new
 
     def insert_together(*args: Any, **kwargs: Any) -> Any:
         together.wait()  # both writers have done everything that comes before the INSERT
         return insert(*args, **kwargs)
 
-    monkeypatch.setattr(base, "_copy_insert", insert_together)
+    monkeypatch.setattr(base, "_insert_new", insert_together)
 
     def write() -> None:
         try:

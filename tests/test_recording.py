@@ -8,6 +8,7 @@ fail-open contract.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -98,19 +99,24 @@ class WriteSpy:
         self.batches: list[int] = []
         self.event_inserts: list[int] = []
         self.threads: set[str] = set()
+        self.inside = 0  # writes started (a gated one waits inside)
         self.entered = threading.Event()
         self.gate: threading.Event | None = None
         self._done = threading.Condition()
 
     def __call__(self, records, **kwargs):
         self.entered.set()
+        with self._done:
+            self.inside += 1
+            self._done.notify_all()
         if self.gate is not None:
             self.gate.wait(10)
         inserts = 0
 
         def count(execute, sql, params, many, context):
             nonlocal inserts
-            if sql.lstrip().upper().startswith("INSERT") and Event._meta.db_table in sql:
+            into = f"INTO {connection.ops.quote_name(Event._meta.db_table)} "
+            if sql.lstrip().upper().startswith("INSERT") and into in sql:
                 inserts += 1
             return execute(sql, params, many, context)
 
@@ -122,6 +128,11 @@ class WriteSpy:
             self.threads.add(threading.current_thread().name)
             self._done.notify_all()
         return written
+
+    def wait_inside(self, writers: int, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until ``writers`` writes are in progress at once."""
+        with self._done:
+            return self._done.wait_for(lambda: self.inside >= writers, timeout)
 
     def wait_for(self, records: int, timeout: float = 5.0) -> bool:
         """Wait (bounded) until ``records`` records have been written."""
@@ -188,7 +199,7 @@ def test_thread_recorder_keeps_the_database_off_the_callers_path(
         assert set(Event.objects.values_list("tracking_id", flat=True)) == {
             r.fluxgate.tracking_id for r in responses
         }
-        assert writes.threads == {"fluxgate-recorder"}
+        assert writes.threads <= {"fluxgate-recorder-0", "fluxgate-recorder-1"}
 
 
 @needs_shared_db
@@ -248,6 +259,47 @@ def test_flush_waits_for_a_batch_the_writer_is_already_writing(openai, fake, wri
 
 
 @needs_shared_db
+def test_two_writers_write_two_batches_at_once(openai, fake, writes):
+    """A backlog is written by both writer threads in parallel; flush() waits for both."""
+    writes.gate = threading.Event()
+    with fluxgate_overrides(**{**THREAD, "BATCH_SIZE": 3, "WRITER_THREADS": 2}):
+        for _ in range(6):
+            ask(openai)
+        assert writes.wait_inside(2)  # each writer holds a batch of 3
+        assert fluxgate_django.flush(timeout=0.2) is False
+        writes.gate.set()
+        assert fluxgate_django.flush(timeout=5) is True
+    assert sorted(writes.batches) == [3, 3] and Event.objects.count() == 6
+    assert writes.threads == {"fluxgate-recorder-0", "fluxgate-recorder-1"}
+
+
+@needs_shared_db
+def test_flush_waits_for_an_earlier_batch_another_writer_still_writes(openai, fake, monkeypatch):
+    """Writer A is stuck on batch 1; writer B takes the next event and the flush marker,
+    writes the event, and must not report the flush done before A's batch is in."""
+    held = threading.Event()
+    entered = threading.Event()
+
+    def write(records, **kwargs):
+        if len(records) == 3:  # batch 1
+            entered.set()
+            held.wait(10)
+        return write_events(records, **kwargs)
+
+    monkeypatch.setattr(thread_module, "write_events", write)
+    with fluxgate_overrides(**{**THREAD, "BATCH_SIZE": 3, "WRITER_THREADS": 2}):
+        for _ in range(3):
+            ask(openai)
+        assert entered.wait(5)
+        ask(openai)
+        assert fluxgate_django.flush(timeout=0.3) is False
+        assert Event.objects.count() == 1  # B wrote its event; the flush still waits for A
+        held.set()
+        assert fluxgate_django.flush(timeout=5) is True
+    assert Event.objects.count() == 4
+
+
+@needs_shared_db
 def test_writer_errors_surface_at_flush_with_raise_errors(openai, fake, monkeypatch):
     def broken(records, **kwargs):
         raise RuntimeError("writer bug")
@@ -270,6 +322,34 @@ def test_the_same_record_written_twice_is_one_row():
     write_events([record])
 
     assert Event.objects.filter(tracking_id=record.tracking_id).count() == 1
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_a_record_survives_its_json_form(compact):
+    """What the spool and Celery task payloads carry (``compact``: defaults left out)
+    comes back as the same record, whatever is set or left at its default."""
+    team = Team.objects.create(name="Search", slug="search")
+    full = dataclasses.replace(
+        make_record(team=team, feature="rag", user={"id": "u1"}),
+        cost_saved_usd=Decimal("0.001"),
+        latency_ms=12.5,
+        streamed=True,
+        fallback_attempt=2,
+        metadata={"page": "home", "n": 0},
+        tags=["a"],
+        content={"messages": []},
+        budget_reservation={"estimate_units": 10, "counters": [1]},
+    )
+    plain = dataclasses.replace(make_record(), input_tokens=0, output_tokens=0, cost_usd=Decimal(0))
+    for record in (full, plain):
+        data = json.loads(json.dumps(record.to_json(compact=compact)))
+        back = type(record).from_json(data)
+        expected = dataclasses.replace(record, team=team.pk) if record.team else record
+        assert back == expected
+    short = full.to_json(compact=True)
+    assert "error_message" not in short and "cache_hit" not in short
+    assert Decimal(short["cost_usd"]) == Decimal("0.00725")
+    assert plain.to_json(compact=True)["cost_usd"] == "0"  # a known zero is kept
 
 
 def test_spool_replay_is_idempotent(spool_dir):
@@ -513,7 +593,7 @@ def spy(records, **kwargs):
 thread_module.write_events = spy
 recorder = get_recorder()
 ask("parent", 2)  # queued in the parent, its writer thread running
-parent_writer = recorder._thread
+parent_writers = list(recorder._threads)
 connections.close_all()
 
 pid = os.fork()
@@ -525,8 +605,8 @@ if pid == 0:
         print("CHILD " + json.dumps({
             "pid": os.getpid(),
             "flushed": flushed,
-            "writer": recorder._thread.ident,
-            "writer_is_parents": recorder._thread is parent_writer,
+            "writers": [t.ident for t in recorder._threads],
+            "writer_is_parents": any(t in parent_writers for t in recorder._threads),
             "writes": writes,
         }), flush=True)
         code = 0
@@ -539,7 +619,7 @@ print("PARENT " + json.dumps({
     "pid": os.getpid(),
     "child_exit": os.waitstatus_to_exitcode(status),
     "flushed": flushed,
-    "writer": recorder._thread.ident,
+    "writers": [t.ident for t in recorder._threads],
     "writes": writes,
 }), flush=True)
 """
@@ -626,11 +706,11 @@ def test_a_forked_child_writes_its_events_with_its_own_thread(child_db):
     assert parent["child_exit"] == 0
     assert child["flushed"] and parent["flushed"]
     assert child["pid"] != parent["pid"]
-    # The child started its own writer thread and wrote only its own events with it ...
+    # The child started its own writer threads and wrote only its own events with them ...
     assert not child["writer_is_parents"]
     assert child["writes"]
     assert all(
-        w["pid"] == child["pid"] and w["thread"] == child["writer"] and w["features"] == ["child"]
+        w["pid"] == child["pid"] and w["thread"] in child["writers"] and w["features"] == ["child"]
         for w in child["writes"]
     )
     # ... while the events the parent had queued before the fork were the parent's to write.

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import DatabaseError
 from django.test import override_settings
 from django.utils import timezone
 
@@ -33,6 +32,8 @@ from fluxgate_django.reports.histogram import (
     quantile,
 )
 from fluxgate_django.reports.rollups import (
+    GROUP_KEYS,
+    USER_GROUP_KEYS,
     RollupBatch,
     event_day,
     money_units,
@@ -308,6 +309,24 @@ def test_incremental_rollups_equal_a_rebuild_from_events(time_zone):
         assert {r[0] for r in incremental[0]} == {event_day(d) for d in days}
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("time_zone", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_the_database_sums_a_batch_as_python_does(time_zone):
+    """On PostgreSQL a batch of new events is summed by the database (the rebuild's SQL);
+    elsewhere in Python. Either way the rows equal :class:`RollupBatch`'s own sums."""
+    from fluxgate_django.recording import base
+
+    clear_report_tables()
+    with override_settings(TIME_ZONE=time_zone):
+        team = Team.objects.create(name="A", slug="a")
+        records = random_records(random.Random(7), 400, [None, "a", team, "no-such-team"])
+        expected = RollupBatch()
+        rows = base.event_rows(records, base._team_ids.resolve(records))
+        expected.add_rows(rows, base._event_rows().columns)
+        write_events(records)
+        assert all_rollups() == (expected.rows(GROUP_KEYS), expected.rows(USER_GROUP_KEYS))
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_written_twice_at_once_is_counted_once(monkeypatch):
     """Two writers with the same batch reach the INSERT together (a requeued Celery
@@ -322,13 +341,13 @@ def test_a_batch_written_twice_at_once_is_counted_once(monkeypatch):
     Team.objects.create(name="A", slug="a")
     records = random_records(random.Random(9), 200, [None, "a"])
     together = threading.Barrier(2, timeout=10)
-    insert = base._insert
+    insert = base._insert_new
 
     def insert_together(*args: Any, **kwargs: Any) -> Any:
-        together.wait()
+        together.wait()  # both writers have done everything that comes before the INSERT
         return insert(*args, **kwargs)
 
-    monkeypatch.setattr(base, "_insert", insert_together)
+    monkeypatch.setattr(base, "_insert_new", insert_together)
 
     def write() -> None:
         try:
@@ -367,17 +386,28 @@ def test_rebuild_puts_back_what_was_lost_and_keeps_other_days(capsys):
 
 
 @pytest.mark.django_db
-def test_a_failing_rollup_write_loses_no_event(monkeypatch, caplog):
-    def broken(self, using="default"):
-        raise DatabaseError("rollup table missing")
+def test_a_failing_rollup_write_loses_no_event(caplog):
+    """The rollup table is missing (a botched migration): the events are still stored."""
+    from django.db import connection
 
     clear_report_tables()
-    monkeypatch.setattr(RollupBatch, "save", broken)
-    with fluxgate_overrides(RAISE_ERRORS=False):
-        assert write_events([event(provider="openai", model="gpt-4o", feature="f")]) == 1
-    assert Event.objects.count() == 1
+    qn = connection.ops.quote_name
+    table = UsageRollup._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {qn(table)} RENAME TO {qn('fluxgate_moved_away')}")
+    try:
+        with fluxgate_overrides(RAISE_ERRORS=False):
+            assert write_events([event(provider="openai", model="gpt-4o", feature="f")]) == 1
+            # A batch with an event stored before takes the other way on PostgreSQL.
+            stored = Event.objects.get()
+            again = event(provider="openai", model="gpt-4o", feature="f")
+            assert write_events([again, dataclasses.replace(again)]) == 2
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {qn('fluxgate_moved_away')} RENAME TO {qn(table)}")
+    assert Event.objects.count() == 2 and Event.objects.filter(pk=stored.pk).exists()
     assert not UsageRollup.objects.exists()
-    assert "report rollups" in caplog.text
+    assert caplog.text.count("report rollups") == 2
 
 
 @pytest.mark.django_db

@@ -394,8 +394,12 @@ AUDITED_SQL = {
     ("fluxgate_django/recording/base.py", "_insert", "executemany"): (
         "INSERT built once from the Event model's own columns (quote_name), values as placeholders"
     ),
+    ("fluxgate_django/recording/base.py", "_insert_new", "execute"): (
+        "INSERT ... VALUES built from the Event model's columns (quote_name) and one "
+        "fixed row of %s placeholders per row; the values are passed as parameters"
+    ),
     ("fluxgate_django/recording/base.py", "_copy_insert", "execute"): (
-        "CREATE TEMPORARY TABLE / TRUNCATE / INSERT ... SELECT built once from the Event "
+        "CREATE TEMPORARY TABLE / DELETE / INSERT ... SELECT built once from the Event "
         "model's columns and a fixed staging table name (quote_name); no values at all"
     ),
     ("fluxgate_django/recording/base.py", "_copy_insert", "copy"): (
@@ -404,6 +408,20 @@ AUDITED_SQL = {
     ),
     ("fluxgate_django/reports/rollups.py", "save", "executemany"): (
         "rollup upsert built from model columns (quote_name), values as placeholders"
+    ),
+    ("fluxgate_django/reports/rollups.py", "save", "execute"): (
+        "StagedEvents.save: the rollup staging statements (as _save_staged) and the "
+        "rebuild's own aggregate SELECT (an ORM queryset compiled once; its constant "
+        "parameters bound by the driver's quoting, compose_sql), over a fixed table name"
+    ),
+    ("fluxgate_django/reports/rollups.py", "_save_staged", "execute"): (
+        "CREATE TEMPORARY TABLE / DELETE / INSERT ... SELECT ... ON CONFLICT built once "
+        "from the rollup models' columns and a fixed staging table name (quote_name); "
+        "no values at all"
+    ),
+    ("fluxgate_django/reports/rollups.py", "_save_staged", "copy"): (
+        "COPY of the staging table's fixed column list; the values go through psycopg's "
+        "write_row, never into the SQL text"
     ),
     ("fluxgate_django/reports/rollups.py", "rebuild_rollups", "execute"): (
         "LOCK/SET constants, and INSERT ... SELECT from an ORM queryset's "

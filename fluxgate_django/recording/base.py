@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import logging
+import operator
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,14 +21,10 @@ from django.db import (
     transaction,
 )
 
-from ..records import EVENT_RECORD_FIELDS, EventRecord
+from ..records import EventRecord
 from . import spool
 
 logger = logging.getLogger("fluxgate.recording")
-
-_MODEL_FIELDS = tuple(
-    f for f in EVENT_RECORD_FIELDS if f not in ("team", "user_pk", "budget_reservation")
-)
 
 
 class BaseRecorder(abc.ABC):
@@ -83,35 +80,64 @@ def to_event(record: EventRecord, team_ids: dict[str, int | None]) -> Any:
 
 
 def _column_values(record: EventRecord, team_ids: dict[str, int | None]) -> dict[str, Any]:
-    values = {f: getattr(record, f) for f in _MODEL_FIELDS}
-    for name, limit in _max_lengths().items():
-        # A value longer than its column (a client's X-Request-ID, a long feature name)
-        # would fail the whole batch on PostgreSQL, and every replay of it: cut it.
-        value = values[name]
-        if isinstance(value, str) and len(value) > limit:
-            values[name] = value[:limit]
-    team = record.team
-    if team is None or isinstance(team, int):
-        values["team_id"] = team
-    elif isinstance(team, str):
-        values["team_id"] = team_ids.get(team)
-        if values["team_id"] is None:
-            values["metadata"] = {**record.metadata, "unknown_team": team}
-    else:
-        values["team_id"] = team.pk
-    values["user_id"] = record.user_pk
-    return values
+    """``record`` as ``Event`` column values (``attname`` → value)."""
+    rows = _event_rows()
+    return dict(zip(rows.columns, rows.row(record, team_ids), strict=True))
+
+
+class _EventRows:
+    """Records as rows of ``Event`` column values, in the table's column order.
+
+    One ``attrgetter`` call reads a record's fields (the writer builds a row per event, on
+    a thread that shares the GIL with the callers), then the few columns that need it are
+    fixed up: the team (a slug, id or instance) becomes ``team_id``, and strings longer
+    than their column are cut — a client's long X-Request-ID or feature name would fail
+    the whole batch on PostgreSQL, and every replay of it.
+    """
+
+    def __init__(self) -> None:
+        from ..models import Event
+
+        fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
+        self.fields = fields
+        self.columns: list[str] = [f.attname for f in fields]
+        self.index = {name: i for i, name in enumerate(self.columns)}
+        sources = {"team_id": "team", "user_id": "user_pk"}
+        self._get = operator.attrgetter(*(sources.get(c, c) for c in self.columns))
+        self._team = self.index["team_id"]
+        self._metadata = self.index["metadata"]
+        self._limits = [
+            (self.index[f.attname], f.max_length)
+            for f in fields
+            if f.max_length and f.get_internal_type() in ("CharField", "SlugField")
+        ]
+
+    def row(self, record: EventRecord, team_ids: dict[str, int | None]) -> list[Any]:
+        row = list(self._get(record))
+        team = row[self._team]
+        if team is not None and team.__class__ is not int:
+            if isinstance(team, str):
+                row[self._team] = team_ids.get(team)
+                if row[self._team] is None:
+                    row[self._metadata] = {**row[self._metadata], "unknown_team": team}
+            else:
+                row[self._team] = team.pk
+        for i, limit in self._limits:
+            value = row[i]
+            if value.__class__ is str and len(value) > limit:
+                row[i] = value[:limit]
+        return row
 
 
 @functools.cache
-def _max_lengths() -> dict[str, int]:
-    from ..models import Event
+def _event_rows() -> _EventRows:
+    return _EventRows()
 
-    return {
-        f.name: f.max_length
-        for f in Event._meta.concrete_fields
-        if f.name in _MODEL_FIELDS and f.max_length and f.get_internal_type() == "CharField"
-    }
+
+def event_rows(records: Sequence[EventRecord], team_ids: dict[str, int | None]) -> list[list[Any]]:
+    """The ``Event`` rows of ``records`` (columns: ``_event_rows().columns``)."""
+    row = _event_rows().row
+    return [row(r, team_ids) for r in records]
 
 
 def _drop_dangling_links(
@@ -161,17 +187,18 @@ def _drop_dangling_links(
 class _Inserter:
     """Inserts event rows, skipping tracking ids already stored.
 
-    PostgreSQL: ``COPY`` into a session temp table, then ``INSERT ... SELECT ... ON
-    CONFLICT DO NOTHING RETURNING tracking_id`` — close to ``COPY``'s speed, and it says
+    PostgreSQL: ``COPY`` into a session temp table, then ``INSERT ... SELECT`` — close to
+    ``COPY``'s speed. If a tracking id is already stored, that INSERT fails and is redone
+    as ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING tracking_id``, which says
     which rows *this* transaction inserted (a row another transaction is inserting at the
     same moment is waited for and left to it), so budgets and rollups count each event
     once even when the same batch is written twice at once. Elsewhere: one prepared
     ``INSERT ... ON CONFLICT DO NOTHING`` run with executemany.
 
     ``bulk_create`` builds a model instance and compiles SQL per row (~50 µs an event);
-    the writer thread shares the GIL with the callers' LLM calls, so it is kept lean:
-    values are adapted by each field's own ``get_db_prep_save`` only for the types that
-    need it (UUID, datetime, Decimal, JSON) and passed through otherwise.
+    the writer thread shares the GIL with the callers' LLM calls, so it is kept lean: rows
+    come from :class:`_EventRows`, and values are adapted by each field's own
+    ``get_db_prep_save`` only for the types that need it (UUID, datetime, Decimal, JSON).
     """
 
     _ADAPTED = ("UUIDField", "DateTimeField", "DecimalField", "JSONField")
@@ -183,7 +210,7 @@ class _Inserter:
 
         from ..models import Event
 
-        fields = [f for f in Event._meta.concrete_fields if not f.primary_key]
+        fields = _event_rows().fields
         ops = conn.ops
         qn = ops.quote_name
         table = qn(Event._meta.db_table)
@@ -198,35 +225,45 @@ class _Inserter:
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
             f"SELECT {columns} FROM {table} WITH NO DATA"
         )
-        self.empty_staging = f"TRUNCATE {staging}"
+        # (Emptied at every commit: this only matters for a second write in a transaction;
+        # DELETE of an empty temp table costs nothing, TRUNCATE makes a new file.)
+        self.empty_staging = f"DELETE FROM {staging}"
         self.copy = f"COPY {staging} ({columns}) FROM STDIN"
-        self.move = (
-            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging}{conflict} "
-            f"RETURNING {qn(Event._meta.get_field('tracking_id').column)}"
-        )
-        self.fields = [
-            (f.attname, f if f.get_internal_type() in self._ADAPTED else None) for f in fields
+        self.values_prefix = f"INSERT INTO {table} ({columns}) VALUES "
+        self.values_row = f"({', '.join(['%s'] * len(fields))})"
+        self.returning = f"{conflict} RETURNING {qn(Event._meta.get_field('tracking_id').column)}"
+        self.move = f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging}"
+        self.move_new = f"{self.move}{self.returning}"
+        self.adapted = [
+            (i, f) for i, f in enumerate(fields) if f.get_internal_type() in self._ADAPTED
         ]
         # COPY sends every value as text, parsed by its column's type: only JSON needs
         # encoding here (psycopg writes UUIDs, datetimes and Decimals as is).
-        self.copy_fields: list[tuple[str, bool, Any]] = [
-            (f.attname, f.get_internal_type() == "JSONField", getattr(f, "encoder", None))
-            for f in fields
+        self.json = [
+            (i, getattr(f, "encoder", None))
+            for i, f in enumerate(fields)
+            if f.get_internal_type() == "JSONField"
         ]
 
-    def params(self, values: dict[str, Any], conn: Any) -> tuple[Any, ...]:
-        return tuple(
-            values[name] if field is None else field.get_db_prep_save(values[name], conn)
-            for name, field in self.fields
-        )
+    def params(self, row: list[Any], conn: Any) -> list[Any]:
+        """A row's values as query parameters."""
+        params = list(row)
+        for i, field in self.adapted:
+            params[i] = field.get_db_prep_save(params[i], conn)
+        return params
 
-    def copy_row(self, values: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(
-            json.dumps(values[name], cls=encoder)
-            if is_json and values[name] is not None
-            else values[name]
-            for name, is_json, encoder in self.copy_fields
-        )
+    def copy_row(self, row: list[Any]) -> list[Any]:
+        """A row's values for ``COPY``."""
+        values = list(row)
+        for i, encoder in self.json:
+            value = values[i]
+            if value is None:
+                continue
+            if not value and value.__class__ in (dict, list):
+                values[i] = "{}" if value.__class__ is dict else "[]"  # (most tags, metadata)
+            else:
+                values[i] = json.dumps(value, cls=encoder)
+        return values
 
 
 _inserters: dict[str, _Inserter] = {}
@@ -239,42 +276,71 @@ def _inserter(conn: Any) -> _Inserter:
     return inserter
 
 
-def _insert(records: Sequence[EventRecord], team_ids: dict[str, int | None]) -> None:
+def _insert(rows: Sequence[list[Any]]) -> None:
     """Insert the rows with executemany, skipping tracking ids already stored."""
     conn = connections[DEFAULT_DB_ALIAS]  # this thread's connection, not the proxy
     inserter = _inserter(conn)
-    params = [inserter.params(_column_values(r, team_ids), conn) for r in records]
+    params = [inserter.params(row, conn) for row in rows]
     with conn.cursor() as cursor:
         for start in range(0, len(params), 1000):
             cursor.executemany(inserter.sql, params[start : start + 1000])
 
 
-def _copy_insert(rows: Sequence[dict[str, Any]]) -> set[Any]:
-    """PostgreSQL: insert the rows (column values) through the staging table; returns the
-    tracking ids this transaction inserted."""
+#: Up to this many rows, one ``INSERT … VALUES … RETURNING`` costs fewer round trips than
+#: ``COPY`` through the staging table (the sync recorder, a quiet site's flushes).
+SMALL_BATCH = 50
+
+
+def _insert_new(rows: Sequence[list[Any]]) -> set[Any] | None:
+    """PostgreSQL: insert the rows, skipping tracking ids already stored. Returns None
+    when every row was inserted (a big batch), else the tracking ids this transaction
+    inserted."""
+    if len(rows) > SMALL_BATCH:
+        return _copy_insert(rows)
+    conn = connections[DEFAULT_DB_ALIAS]
+    inserter = _inserter(conn)
+    params = [value for row in rows for value in inserter.params(row, conn)]
+    values = ", ".join([inserter.values_row] * len(rows))
+    with conn.cursor() as cursor:
+        cursor.execute(f"{inserter.values_prefix}{values}{inserter.returning}", params)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _copy_insert(rows: Sequence[list[Any]]) -> set[Any] | None:
+    """PostgreSQL: insert the rows through the staging table. Returns None when every row
+    was inserted (the usual case: one plain ``INSERT … SELECT``), else — some were stored
+    before (a spool replay, a batch delivered again) or are in the batch twice — the
+    tracking ids this transaction inserted (``ON CONFLICT DO NOTHING RETURNING``, ~25%
+    slower, so only then)."""
     conn = connections[DEFAULT_DB_ALIAS]
     inserter = _inserter(conn)
     with conn.cursor() as cursor:
         cursor.execute(inserter.create_staging)
         cursor.execute(inserter.empty_staging)  # (a write earlier in this transaction)
         with cursor.copy(inserter.copy) as copy:
-            for values in rows:
-                copy.write_row(inserter.copy_row(values))
-        cursor.execute(inserter.move)
+            for row in rows:
+                copy.write_row(inserter.copy_row(row))
+        try:
+            with transaction.atomic():
+                cursor.execute(inserter.move)
+            return None
+        except IntegrityError:
+            pass
+        cursor.execute(inserter.move_new)
         return {row[0] for row in cursor.fetchall()}
 
 
 def _inserted_rows(
-    records: Sequence[EventRecord], rows: Sequence[dict[str, Any]], inserted: set[Any]
-) -> tuple[list[EventRecord], list[dict[str, Any]]]:
-    """The records (and their column values) this transaction inserted (a repeated
-    tracking id counts once)."""
+    records: Sequence[EventRecord], rows: Sequence[list[Any]], inserted: set[Any]
+) -> tuple[list[EventRecord], list[list[Any]]]:
+    """The records (and their rows) this transaction inserted (a repeated tracking id
+    counts once)."""
     fresh, fresh_rows = [], []
-    for record, values in zip(records, rows, strict=True):
+    for record, row in zip(records, rows, strict=True):
         if record.tracking_id in inserted:
             inserted.discard(record.tracking_id)
             fresh.append(record)
-            fresh_rows.append(values)
+            fresh_rows.append(row)
     return fresh, fresh_rows
 
 
@@ -295,27 +361,32 @@ def write_events(
         team_ids = _team_ids.resolve(records)
         records = _drop_dangling_links(records, team_ids)
         with transaction.atomic():
+            _note_estimate_charges(records)  # (into their metadata: before making rows)
+            rows = event_rows(records, team_ids)
             fresh = None
             if connections[DEFAULT_DB_ALIAS].vendor == "postgresql":
                 # Settle and count exactly the rows this transaction inserts, even when
                 # the same batch is being written at the same moment by another worker.
-                _note_estimate_charges(records)
-                rows = [_column_values(r, team_ids) for r in records]
                 try:
                     with transaction.atomic():
-                        fresh, fresh_rows = _inserted_rows(records, rows, _copy_insert(rows))
+                        inserted = _insert_new(rows)
                 except IntegrityError:
-                    fresh = None
+                    pass
+                else:
+                    if inserted is None:  # all new (the usual case)
+                        fresh, rollup = records, _rollup_of_staged()
+                    else:
+                        fresh, fresh_rows = _inserted_rows(records, rows, inserted)
+                        rollup = _rollup_of_rows(fresh_rows)
             if fresh is not None:
                 settlement = _settlement_of(fresh)
-                rollup = _rollup_of_rows(fresh_rows)
             else:
                 # Elsewhere: leave out the records stored before, then insert.
                 settlement = _settlement(records)
-                rollup = _rollup_batch(records, team_ids)
+                rollup = _rollup_of_unstored(rows)
                 try:
                     with transaction.atomic():
-                        _insert(records, team_ids)
+                        _insert(rows)
                 except IntegrityError:
                     # A row points at a user or team deleted meanwhile: keep the event,
                     # drop the link.
@@ -381,25 +452,32 @@ def _note_estimate_charges(records: Sequence[EventRecord]) -> None:
         settlement_for(reserved)
 
 
-def _rollup_batch(records: Sequence[EventRecord], team_ids: dict[str, int | None]) -> Any:
-    """The report rollups' deltas of the records not stored yet (queried before the insert)."""
+def _rollup_of_unstored(rows: Sequence[list[Any]]) -> Any:
+    """The report rollups' deltas of the rows not stored yet (queried before the insert)."""
     from ..errors import capture_internal_exceptions
     from ..reports.rollups import RollupBatch
 
     with capture_internal_exceptions("report rollups"):
-        return RollupBatch.for_records(records, team_ids)
+        return RollupBatch.of_unstored(rows, _event_rows().columns)
     return None
 
 
-def _rollup_of_rows(rows: Sequence[dict[str, Any]]) -> Any:
+def _rollup_of_staged() -> Any:
+    """PostgreSQL: the report rollups' deltas of the whole staging table (every row of it
+    just inserted), summed by the database when saved."""
+    from ..reports.rollups import StagedEvents
+
+    return StagedEvents(_Inserter.STAGING)
+
+
+def _rollup_of_rows(rows: Sequence[list[Any]]) -> Any:
     """The report rollups' deltas of rows this transaction has just inserted."""
     from ..errors import capture_internal_exceptions
     from ..reports.rollups import RollupBatch
 
     with capture_internal_exceptions("report rollups"):
         batch = RollupBatch()
-        for values in rows:
-            batch.add(values)
+        batch.add_rows(rows, _event_rows().columns)
         return batch
     return None
 

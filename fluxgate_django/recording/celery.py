@@ -24,7 +24,7 @@ from typing import Any
 from django.utils.module_loading import import_string
 
 from ..conf import fluxgate_settings
-from ..records import EventRecord
+from ..records import EventRecord, pack_records, unpack_records
 from .base import write_events
 from .thread import ThreadRecorder
 
@@ -42,10 +42,15 @@ class CeleryRecorder(ThreadRecorder):
         self._app: Any = None
         self._warned = False
 
+    def writers_wanted(self) -> int:
+        # Publishing a batch is quick: one thread sends them all (and writes them itself,
+        # one at a time, while the broker is unreachable).
+        return 1
+
     def persist(self, batch: list[EventRecord]) -> None:
         from .. import tasks  # noqa: F401  (registers the task with the app)
 
-        payload = [record.to_json() for record in batch]
+        payload = pack_records(batch)
         try:
             app = self._app or site_celery_app()
             if _is_celery_fallback(app):
@@ -90,5 +95,10 @@ def _is_celery_fallback(app: Any) -> bool:
     return app.main == "default" and not app.fixups
 
 
-def payload_records(payload: list[dict[str, Any]]) -> list[EventRecord]:
+def payload_records(payload: str | list[dict[str, Any]]) -> list[EventRecord]:
+    """The records of a task's payload: a :func:`~fluxgate_django.records.pack_records`
+    text, or (sent by an earlier version, still in the broker) a list of ``to_json()``
+    dicts."""
+    if isinstance(payload, str):
+        return unpack_records(payload)
     return [EventRecord.from_json(item) for item in payload]

@@ -58,7 +58,7 @@ def append(records: Sequence[EventRecord]) -> int:
     drop is logged as an error.
     """
     global _pending, dropped
-    lines = [json.dumps(r.to_json(), separators=(",", ":")) + "\n" for r in records]
+    lines = [json.dumps(r.to_json(compact=True), separators=(",", ":")) + "\n" for r in records]
     with _lock:
         directory = spool_dir()
         limit = int(fluxgate_settings.SPOOL_MAX_BYTES)
