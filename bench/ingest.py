@@ -3,7 +3,8 @@
     python bench/ingest.py [--events 100000] [--sync-events 2000] [--threads 4]
         [--postgres postgres://postgres@127.0.0.1:5432/postgres]
         [--broker redis://127.0.0.1:6379/15] [--concurrency 1 2] [--batch-size N]
-        [--repeat 3] [--server-side-binding] [--profile thread] [--only copy thread ...]
+        [--writer-threads N] [--repeat 3] [--server-side-binding] [--profile thread]
+        [--only copy sync thread celery]
 
 Creates a PostgreSQL database ``fluxgate_bench_ingest`` (dropped at the end), generates
 ``--events`` priced ``EventRecord``s up front (no LLM calls: the recorder is what is
@@ -78,7 +79,9 @@ def drop_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
 
 
-def configure(database_url: str, batch_size: int | None, server_side_binding: bool) -> None:
+def configure(
+    database_url: str, batch_size: int | None, writer_threads: int | None, server_side_binding: bool
+) -> None:
     import dj_database_url
     import django
     from django.conf import settings
@@ -99,6 +102,7 @@ def configure(database_url: str, batch_size: int | None, server_side_binding: bo
         FLUXGATE={
             "RECORDER": "sync",
             **({"BATCH_SIZE": batch_size} if batch_size else {}),
+            **({"WRITER_THREADS": writer_threads} if writer_threads else {}),
             "SPOOL_DIR": tempfile.mkdtemp(prefix="fluxgate-bench-spool-"),
         },
         # Runaway detection stays on, as by default; its warnings (every team "runs away"
@@ -263,12 +267,15 @@ def start_worker(
     }
     command = [
         sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
-        "--pool=prefork", "-c", str(concurrency), "--loglevel=WARNING", "-Q", queue,
+        "--pool=prefork", "-c", str(concurrency), "--loglevel=ERROR", "-Q", queue,
         "-n", f"bench-{queue}@%h", "--without-heartbeat", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
     if server_side_binding:
         env["FLUXGATE_TEST_SERVER_SIDE_BINDING"] = "1"
-    return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    # (Errors still reach stderr; the banner and the runaway warnings do not.)
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL
+    )
 
 
 def run_celery(
@@ -344,6 +351,12 @@ def main() -> None:
         "--batch-size", type=int, default=None, help="FLUXGATE['BATCH_SIZE'] (default: its default)"
     )
     parser.add_argument(
+        "--writer-threads",
+        type=int,
+        default=None,
+        help="FLUXGATE['WRITER_THREADS'] (default: its default)",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=3, help="runs of each measurement; the median is reported"
     )
     parser.add_argument(
@@ -358,7 +371,7 @@ def main() -> None:
     database_url = with_database(args.postgres, DB_NAME)
     recreate_database(args.postgres)
     try:
-        configure(database_url, args.batch_size, args.server_side_binding)
+        configure(database_url, args.batch_size, args.writer_threads, args.server_side_binding)
         import django
         import psycopg
 

@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     # ... or this many seconds after the oldest queued event.
     "FLUSH_INTERVAL": 1.0,
     # Thread recorder: writer threads (each with a database connection of its own). Two
-    # overlap one batch's Python work with the database's work on another.
+    # overlap one batch's Python work with the database's work on another. SQLite: one.
     "WRITER_THREADS": 2,
     # Events held in memory at most; past this the recorder writes to the spool.
     "MAX_QUEUE_SIZE": 100_000,

@@ -14,6 +14,7 @@ from .alerts import send_anomaly_notifications, send_notifications
 
 @shared_task(
     name="fluxgate.record_events",
+    ignore_result=True,  # nobody waits for it: no result-backend write per batch
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=(OperationalError, InterfaceError),

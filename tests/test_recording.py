@@ -258,9 +258,21 @@ def test_flush_waits_for_a_batch_the_writer_is_already_writing(openai, fake, wri
         assert Event.objects.count() == 3
 
 
+def needs_two_writers() -> None:
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite runs one writer (DATABASE_URL=postgres://... runs two)")
+
+
+def test_sqlite_gets_one_writer_thread():
+    with fluxgate_overrides(**{**THREAD, "WRITER_THREADS": 2}):
+        expected = 1 if connection.vendor == "sqlite" else 2
+        assert thread_module.ThreadRecorder().writer_count == expected
+
+
 @needs_shared_db
 def test_two_writers_write_two_batches_at_once(openai, fake, writes):
     """A backlog is written by both writer threads in parallel; flush() waits for both."""
+    needs_two_writers()
     writes.gate = threading.Event()
     with fluxgate_overrides(**{**THREAD, "BATCH_SIZE": 3, "WRITER_THREADS": 2}):
         for _ in range(6):
@@ -277,6 +289,7 @@ def test_two_writers_write_two_batches_at_once(openai, fake, writes):
 def test_flush_waits_for_an_earlier_batch_another_writer_still_writes(openai, fake, monkeypatch):
     """Writer A is stuck on batch 1; writer B takes the next event and the flush marker,
     writes the event, and must not report the flush done before A's batch is in."""
+    needs_two_writers()
     held = threading.Event()
     entered = threading.Event()
 

@@ -76,13 +76,8 @@ def to_event(record: EventRecord, team_ids: dict[str, int | None]) -> Any:
     """An unsaved ``Event`` for ``record`` (teams given as slugs resolved via ``team_ids``)."""
     from ..models import Event
 
-    return Event(**_column_values(record, team_ids))
-
-
-def _column_values(record: EventRecord, team_ids: dict[str, int | None]) -> dict[str, Any]:
-    """``record`` as ``Event`` column values (``attname`` → value)."""
     rows = _event_rows()
-    return dict(zip(rows.columns, rows.row(record, team_ids), strict=True))
+    return Event(**dict(zip(rows.columns, rows.row(record, team_ids), strict=True)))
 
 
 class _EventRows:

@@ -1,16 +1,17 @@
 """``RECORDER = "thread"`` (default): an in-process queue written in batches by threads.
 
 The caller only appends to a deque (well under a microsecond). Writer threads
-(``WRITER_THREADS``, 2 by default, each with its own database connection) wake every
-``FLUSH_INTERVAL`` seconds, or as soon as ``BATCH_SIZE`` events are waiting, and write
-them a batch (one transaction) at a time. With a backlog, a second writer takes the next
-batch while the first one's statements run in the database, so the work in Python of
-one batch overlaps the database's work on the other (1.6x the events per second of one
-writer in ``bench/ingest.py``).
+(``WRITER_THREADS``, 2 by default, one on SQLite; each with its own database
+connection) wake every ``FLUSH_INTERVAL`` seconds, or as soon as ``BATCH_SIZE`` events
+are waiting, and write them a batch (one transaction) at a time. With a backlog, a
+second writer takes the next batch while the first one's statements run in the
+database, so the work in Python of one batch overlaps the database's work on the other
+(~1.6x the events per second of one writer in ``bench/ingest.py``).
 
 ``flush()`` puts a marker in the queue and waits until the writer that reaches it has
-written its batch and every batch taken before it. The queue is flushed at interpreter
-exit too. After a fork (gunicorn, Celery prefork) the child starts its own writers.
+written its batch and every batch taken before it, and has replayed the spool if
+anything is in it. The queue is flushed at interpreter exit too. After a fork
+(gunicorn, Celery prefork) the child starts its own writers.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import threading
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from ..conf import fluxgate_settings
 from ..records import EventRecord
@@ -52,7 +53,11 @@ class ThreadRecorder(BaseRecorder):
             os.register_at_fork(after_in_child=self._after_fork)
 
     def writers_wanted(self) -> int:
-        """How many writer threads to run (``WRITER_THREADS``)."""
+        """How many writer threads to run: ``WRITER_THREADS``, but one on SQLite, which
+        takes one writer at a time (a second would wait for the lock, or fail to turn
+        its read into a write, and spool its batch)."""
+        if connections[DEFAULT_DB_ALIAS].vendor == "sqlite":
+            return 1
         return int(fluxgate_settings.WRITER_THREADS)
 
     def _init_batches(self) -> None:
@@ -146,7 +151,21 @@ class ThreadRecorder(BaseRecorder):
                 # still being written by another writer.
                 with self._taking:
                     self._taking.wait_for(functools.partial(self._written_up_to, number))
+                self._replay_spool()
                 marker.set()
+
+    def _replay_spool(self) -> None:
+        """At a flush: write what the spool holds, if the database is back. (Each write
+        replays the spool when it succeeds, but another writer may have spooled its
+        failed batch after the last success.)"""
+        if not spool.has_pending():
+            return
+        try:
+            spool.replay(write_events)
+        except Exception as exc:
+            logger.exception("FluxGate could not replay the spool")
+            if fluxgate_settings.RAISE_ERRORS:
+                self._errors.append(exc)
 
     def _written_up_to(self, number: int) -> bool:
         """Whether every batch taken before batch ``number`` is written (call it holding

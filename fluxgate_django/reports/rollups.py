@@ -5,18 +5,24 @@ Two tables hold the same measures (see :class:`~fluxgate_django.models.RollupBas
 (day, team, feature, provider, model, end user). Reports read them, so a report's cost
 grows with groups x days, not with events.
 
-* **Incrementally**: :func:`~fluxgate_django.recording.base.write_events` builds a
-  :class:`RollupBatch` from the rows it inserts (aggregated in Python, one row per
-  per-user group) and saves it in the same transaction. PostgreSQL: the groups are
-  ``COPY``'d into a temp table, then added to both tables with one
-  ``INSERT … SELECT … ON CONFLICT (grain) DO UPDATE SET n = n + EXCLUDED.n`` each (the
-  coarser table's rows summed by ``GROUP BY``): three statements a batch however many
-  groups it touches. SQLite: one such upsert run with executemany per table; other
-  databases fall back to an UPDATE-or-INSERT per group. Records already stored (same
-  ``tracking_id``: a spool replay, a client re-sending an ingest batch) are left out, so
-  they are never counted twice: on PostgreSQL the recorder passes exactly the rows its
-  ``INSERT … RETURNING`` added, elsewhere :meth:`RollupBatch.of_unstored` looks the
-  stored ones up before the insert.
+* **Incrementally**, in the transaction that inserts the events
+  (:func:`~fluxgate_django.recording.base.write_events`), counting only the rows that
+  transaction inserted (a spool replay or a re-sent batch is never counted twice):
+
+  - PostgreSQL, a big batch all of whose events are new (the usual case):
+    :class:`StagedEvents` — the database sums the recorder's staging table with the
+    rebuild's own SQL (below) into a temp table of per-user rows, then adds them to both
+    tables with one ``INSERT … SELECT … ON CONFLICT (grain) DO UPDATE SET n = n +
+    EXCLUDED.n`` each (the coarser table's rows summed by ``GROUP BY``): a few statements
+    a batch however many events and groups, nothing per event in Python.
+  - Otherwise :class:`RollupBatch` sums the inserted rows in Python (one row per per-user
+    group; on PostgreSQL the rows its ``INSERT … RETURNING`` reported, elsewhere
+    :meth:`RollupBatch.of_unstored` looks the stored ones up before the insert) and
+    saves them: on PostgreSQL many groups through the same temp table (``COPY``), a few
+    with one upsert per row; on SQLite an upsert run with executemany per table; other
+    databases fall back to an UPDATE-or-INSERT per group.
+
+  Both ways give the same rows (a test checks it in three time zones).
 * **From scratch**: :func:`rebuild_rollups` deletes the rows from a day on and recomputes
   them with one ``INSERT … SELECT … GROUP BY`` per table, bucketing latencies with the
   same edges; the result equals the incremental one exactly (integers only: money is in
@@ -126,11 +132,6 @@ class RollupBatch:
         batch = cls()
         batch.add_rows(new, columns)
         return batch
-
-    def add(self, event: dict[str, Any]) -> None:
-        """Count one event, given as ``Event`` column values (``team_id``, ``feature``…)."""
-        columns = list(event)
-        self.add_rows([[event[c] for c in columns]], columns)
 
     def add_rows(self, rows: Iterable[Sequence[Any]], columns: Sequence[str]) -> None:
         """Count events given as rows of ``Event`` column values in the order of ``columns``
