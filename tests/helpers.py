@@ -19,3 +19,36 @@ def fluxgate_overrides(**changes: Any) -> override_settings:
     and replaces the recorder (the old one is flushed and closed).
     """
     return override_settings(FLUXGATE={**settings.FLUXGATE, **changes})
+
+
+def write_twice_at_once(monkeypatch: Any, records: list[Any]) -> None:
+    """Write the same batch from two threads whose INSERTs run at the same moment (a
+    requeued Celery message, a client re-sending an ingest batch): each writer waits at
+    the INSERT until the other has got there too. Needs a shared (PostgreSQL) database."""
+    import dataclasses
+    import threading
+
+    from django.db import connection
+
+    from fluxgate_django.recording import base
+
+    together = threading.Barrier(2, timeout=10)
+    insert = base._insert_new
+
+    def insert_together(*args: Any, **kwargs: Any) -> Any:
+        together.wait()  # both writers have done everything that comes before the INSERT
+        return insert(*args, **kwargs)
+
+    monkeypatch.setattr(base, "_insert_new", insert_together)
+
+    def write() -> None:
+        try:
+            base.write_events([dataclasses.replace(r) for r in records])
+        finally:
+            connection.close()
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(30)

@@ -21,7 +21,6 @@ Each prints ``sent / stored / duplicates`` and checks the report rollups too.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -50,7 +49,7 @@ from fluxgate_django.recording.celery import CeleryRecorder
 from fluxgate_django.records import Usage
 from fluxgate_django.testing import DEFAULT_TEXT
 from tests import services
-from tests.helpers import MSGS, fluxgate_overrides
+from tests.helpers import MSGS, fluxgate_overrides, write_twice_at_once
 from tests.services import (
     TcpProxy,
     Worker,
@@ -566,27 +565,8 @@ def test_a_batch_written_twice_at_once_counts_and_settles_once(monkeypatch, caps
         pytest.skip("needs PostgreSQL (DATABASE_URL=postgres://...): concurrent writers")
     team = Team.objects.create(name="Twice", slug="twice")
     budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("10"))
-    records = [reserved_record("twice") for _ in range(20)]
-    together = threading.Barrier(2, timeout=10)
-    insert = base._insert_new
-
-    def insert_together(*args: Any, **kwargs: Any) -> Any:
-        together.wait()  # both writers have done everything that comes before the INSERT
-        return insert(*args, **kwargs)
-
-    monkeypatch.setattr(base, "_insert_new", insert_together)
-
-    def write() -> None:
-        try:
-            write_events([dataclasses.replace(r) for r in records])
-        finally:
-            connection.close()
-
-    writers = [threading.Thread(target=write) for _ in range(2)]
-    for t in writers:
-        t.start()
-    for t in writers:
-        t.join(30)
+    records = [reserved_record("twice") for _ in range(20)]  # (one INSERT … VALUES)
+    write_twice_at_once(monkeypatch, records)
 
     report(capsys, "one batch written twice at once", [r.tracking_id for r in records])
     counter = SpendCounter.objects.get(budget=budget)

@@ -8,7 +8,6 @@ import datetime as dt
 import itertools
 import math
 import random
-import threading
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -41,7 +40,7 @@ from fluxgate_django.reports.rollups import (
     rollup_rows,
 )
 from fluxgate_django.testing import FakeReply
-from tests.helpers import MSGS, fluxgate_overrides
+from tests.helpers import MSGS, fluxgate_overrides, write_twice_at_once
 
 
 @pytest.fixture(autouse=True)
@@ -335,31 +334,10 @@ def test_a_batch_written_twice_at_once_is_counted_once(monkeypatch):
 
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (DATABASE_URL=postgres://...): concurrent writers")
-    from fluxgate_django.recording import base
-
     clear_report_tables()
     Team.objects.create(name="A", slug="a")
-    records = random_records(random.Random(9), 200, [None, "a"])
-    together = threading.Barrier(2, timeout=10)
-    insert = base._insert_new
-
-    def insert_together(*args: Any, **kwargs: Any) -> Any:
-        together.wait()  # both writers have done everything that comes before the INSERT
-        return insert(*args, **kwargs)
-
-    monkeypatch.setattr(base, "_insert_new", insert_together)
-
-    def write() -> None:
-        try:
-            write_events([dataclasses.replace(r) for r in records])
-        finally:
-            connection.close()
-
-    writers = [threading.Thread(target=write) for _ in range(2)]
-    for t in writers:
-        t.start()
-    for t in writers:
-        t.join(30)
+    records = random_records(random.Random(9), 200, [None, "a"])  # (COPY, then INSERT)
+    write_twice_at_once(monkeypatch, records)
     assert Event.objects.count() == 200
     incremental = all_rollups()
     assert sum(r.requests + r.budget_blocked for r in UsageRollup.objects.all()) == 200

@@ -6,7 +6,7 @@ connection) wake every ``FLUSH_INTERVAL`` seconds, or as soon as ``BATCH_SIZE`` 
 are waiting, and write them a batch (one transaction) at a time. With a backlog, a
 second writer takes the next batch while the first one's statements run in the
 database, so the work in Python of one batch overlaps the database's work on the other
-(~1.6x the events per second of one writer in ``bench/ingest.py``).
+(~1.5x the events per second of one writer in ``bench/ingest.py``).
 
 ``flush()`` puts a marker in the queue and waits until the writer that reaches it has
 written its batch and every batch taken before it, and has replayed the spool if
