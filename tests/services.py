@@ -252,15 +252,20 @@ def _unacked_tags(client: Any, queue: str) -> list[bytes]:
     return tags
 
 
-def broker_idle(queue: str) -> bool:
-    """Nothing waiting in ``queue`` and nothing taken from it unacknowledged (running,
+def broker_counts(queue: str) -> tuple[int, int]:
+    """Messages waiting in ``queue``, and taken from it but not acknowledged (running,
     waiting for a retry, or left by a dead worker for redelivery)."""
     client = _redis()
     try:
         waiting = sum(client.llen(key) for key in _queue_keys(queue))
-        return waiting == 0 and not _unacked_tags(client, queue)
+        return waiting, len(_unacked_tags(client, queue))
     finally:
         client.close()
+
+
+def broker_idle(queue: str) -> bool:
+    """Nothing waiting in ``queue`` and nothing taken from it unacknowledged."""
+    return broker_counts(queue) == (0, 0)
 
 
 class Worker:

@@ -538,7 +538,15 @@ def test_a_worker_killed_mid_batch(fake, fake_provider, tmp_path, capsys, reques
             os.kill(held["pid"], signal.SIGKILL)  # one pool process, mid-batch
         else:
             assert visible == len(held_ids)  # committed, not acknowledged
-            assert not broker_idle(queue)
+            # The kill comes once every other batch is written and acknowledged, so that
+            # it tests the redelivery of the held batch alone: a message that Redis hands
+            # over at the very instant its worker dies can be lost (a kombu limitation,
+            # see README "Running at scale"; RabbitMQ has none).
+            settled = wait_until(
+                lambda: stored_count() >= len(sent) and services.broker_counts(queue) == (0, 1),
+                30,
+            )
+            assert settled, (stored_count(), len(sent), services.broker_counts(queue))
             workers[0].kill()  # the whole worker, at once
             workers.append(Worker(queue, env, tmp_path))
             workers[-1].wait_ready(app)
