@@ -112,18 +112,23 @@ def _check(scopes: list[tuple[int, str]], minute: int) -> None:
 
     min_spend = Decimal(str(options["min_spend_usd"]))
     factor = Decimal(str(options["factor"]))
+    runaways = []
     for scope, scope_keys in keys.items():
         recent_usd = from_units(sum(int(values.get(k, 0)) for k in scope_keys))
         if recent_usd < min_spend:
             continue
         baseline_per_window = from_units(int(values[base_keys[scope]])) * window / baseline
-        if recent_usd <= factor * baseline_per_window:
-            continue
-        # Once per window, across processes.
-        team_id, feature = scope
-        if not cache.add(f"fluxgate:anomaly:{_scope(team_id, feature)}", 1, window * 60):
-            continue
-        _raise_anomaly(team_id, feature, window, recent_usd, baseline_per_window)
+        if recent_usd > factor * baseline_per_window:
+            runaways.append((*scope, recent_usd, baseline_per_window))
+    if not runaways:
+        return
+    # One transaction for the batch's anomalies: their notifications go out once all of
+    # them are stored (a team and its feature often run away together).
+    with transaction.atomic():
+        for team_id, feature, recent_usd, baseline_per_window in runaways:
+            # Once per window, across processes.
+            if cache.add(f"fluxgate:anomaly:{_scope(team_id, feature)}", 1, window * 60):
+                _raise_anomaly(team_id, feature, window, recent_usd, baseline_per_window)
 
 
 def _raise_anomaly(
