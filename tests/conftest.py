@@ -89,3 +89,23 @@ def _fresh_price_overrides():
     price_book.reset_overrides()
     yield
     price_book.reset_overrides()
+
+
+@pytest.fixture
+def spool_dir(tmp_path, monkeypatch):
+    """A private spool (never the shared /tmp one) and fresh per-process recorder caches:
+    the pending-spool flag, the drop count, team slugs and budgets. The recording, Celery
+    and fault tests use it for every test."""
+    from fluxgate_django import budgets
+    from fluxgate_django.recording import base, spool
+
+    from .helpers import fluxgate_overrides
+
+    path = tmp_path / "spool"
+    monkeypatch.setattr(spool, "_pending", None)
+    monkeypatch.setattr(spool, "dropped", 0)
+    monkeypatch.setattr(base, "_team_ids", base._TeamIds())
+    budgets.clear_cache()
+    with fluxgate_overrides(SPOOL_DIR=str(path)):
+        yield path
+    budgets.clear_cache()

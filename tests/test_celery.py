@@ -26,7 +26,7 @@ from fluxgate_django import tracking_context
 from fluxgate_django.celery_support import beat_schedule, context_from_header, context_to_header
 from fluxgate_django.context import EMPTY_CONTEXT
 from fluxgate_django.models import Budget, Event, SpendCounter, Team, TeamMembership
-from fluxgate_django.recording import base, spool
+from fluxgate_django.recording import base
 from fluxgate_django.recording import celery as celery_recorder
 from fluxgate_django.records import pack_records
 from fluxgate_django.testing import DEFAULT_TEXT
@@ -41,18 +41,11 @@ from tests.services import (
     wait_until,
 )
 
+pytestmark = pytest.mark.usefixtures("spool_dir")  # (tests/conftest.py)
+
 needs_shared_db = pytest.mark.django_db(transaction=True)
 
 CELERY = {"RECORDER": "celery", "RAISE_ERRORS": True, "FLUSH_INTERVAL": 60, "BATCH_SIZE": 1000}
-
-
-@pytest.fixture(autouse=True)
-def spool_dir(tmp_path, monkeypatch):
-    path = tmp_path / "spool"
-    monkeypatch.setattr(spool, "_pending", None)
-    monkeypatch.setattr(base, "_team_ids", base._TeamIds())
-    with fluxgate_overrides(SPOOL_DIR=str(path)):
-        yield path
 
 
 # -- the recorder, against a stand-in app (no broker needed) ---------------------------------

@@ -44,7 +44,7 @@ from fluxgate_django.budgets import check_budget
 from fluxgate_django.context import TrackingContext
 from fluxgate_django.models import Budget, Event, SpendCounter, Team, UsageRollup, to_units
 from fluxgate_django.pricing import calculate_cost
-from fluxgate_django.recording import base, spool, write_events
+from fluxgate_django.recording import spool, write_events
 from fluxgate_django.recording.celery import CeleryRecorder
 from fluxgate_django.records import Usage
 from fluxgate_django.testing import DEFAULT_TEXT
@@ -61,22 +61,9 @@ from tests.services import (
     wait_until,
 )
 
+pytestmark = pytest.mark.usefixtures("spool_dir")  # (tests/conftest.py)
+
 needs_shared_db = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def spool_dir(tmp_path, monkeypatch):
-    """A private spool and fresh per-process caches for each test."""
-    path = tmp_path / "spool"
-    monkeypatch.setattr(spool, "_pending", None)
-    monkeypatch.setattr(spool, "dropped", 0)
-    monkeypatch.setattr(base, "_team_ids", base._TeamIds())
-    from fluxgate_django import budgets
-
-    budgets.clear_cache()
-    with fluxgate_overrides(SPOOL_DIR=str(path)):
-        yield path
-    budgets.clear_cache()
 
 
 def spooled_lines(path) -> int:

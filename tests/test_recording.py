@@ -34,11 +34,11 @@ from fluxgate_django.pipeline import build_record
 from fluxgate_django.pricing import calculate_cost
 from fluxgate_django.recording import base, get_recorder, spool, write_events
 from fluxgate_django.recording import thread as thread_module
-from fluxgate_django.records import CallInfo, Usage
+from fluxgate_django.records import CallInfo, Usage, pack_records, unpack_records
 from fluxgate_django.testing import DEFAULT_TEXT, FakeReply
 from tests.helpers import MSGS, fluxgate_overrides
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("spool_dir")]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,16 +46,6 @@ ROOT = Path(__file__).resolve().parent.parent
 THREAD = {"RECORDER": "thread", "RAISE_ERRORS": True, "FLUSH_INTERVAL": 60, "BATCH_SIZE": 1000}
 
 needs_shared_db = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def spool_dir(tmp_path, monkeypatch):
-    """A private spool (never the shared /tmp one) and a fresh team-slug cache per test."""
-    path = tmp_path / "spool"
-    monkeypatch.setattr(spool, "_pending", None)
-    monkeypatch.setattr(base, "_team_ids", base._TeamIds())
-    with fluxgate_overrides(SPOOL_DIR=str(path)):
-        yield path
 
 
 @pytest.fixture
@@ -363,6 +353,17 @@ def test_a_record_survives_its_json_form(compact):
     assert "error_message" not in short and "cache_hit" not in short
     assert Decimal(short["cost_usd"]) == Decimal("0.00725")
     assert plain.to_json(compact=True)["cost_usd"] == "0"  # a known zero is kept
+
+
+def test_a_packed_batch_from_another_version_is_read_by_field_name():
+    """A Celery payload packed by a FluxGate with other fields (a newer one, still in the
+    broker during an upgrade): known fields by name, unknown ones ignored."""
+    records = [make_record(feature=f"f{i}") for i in range(3)]
+    packed = json.loads(pack_records(records))
+    fields = [*reversed(packed["fields"]), "added_later"]
+    rows = [[*reversed(row), "x"] for row in packed["rows"]]
+    text = json.dumps({"fields": fields, "rows": rows})
+    assert unpack_records(text) == records == unpack_records(pack_records(records))
 
 
 def test_spool_replay_is_idempotent(spool_dir):

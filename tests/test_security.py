@@ -410,18 +410,11 @@ AUDITED_SQL = {
         "rollup upsert built from model columns (quote_name), values as placeholders"
     ),
     ("fluxgate_django/reports/rollups.py", "save", "execute"): (
-        "StagedEvents.save: the rollup staging statements (as _save_staged) and the "
-        "rebuild's own aggregate SELECT (an ORM queryset compiled once; its constant "
-        "parameters bound by the driver's quoting, compose_sql), over a fixed table name"
-    ),
-    ("fluxgate_django/reports/rollups.py", "_save_staged", "execute"): (
-        "CREATE TEMPORARY TABLE / DELETE / INSERT ... SELECT ... ON CONFLICT built once "
-        "from the rollup models' columns and a fixed staging table name (quote_name); "
-        "no values at all"
-    ),
-    ("fluxgate_django/reports/rollups.py", "_save_staged", "copy"): (
-        "COPY of the staging table's fixed column list; the values go through psycopg's "
-        "write_row, never into the SQL text"
+        "StagedEvents.save: CREATE TEMPORARY TABLE / DELETE / INSERT ... SELECT ... ON "
+        "CONFLICT built once from the rollup models' columns and a fixed staging table "
+        "name (quote_name), and the rebuild's own aggregate SELECT (an ORM queryset "
+        "compiled once; its constant parameters bound by the driver's quoting, "
+        "compose_sql)"
     ),
     ("fluxgate_django/reports/rollups.py", "rebuild_rollups", "execute"): (
         "LOCK/SET constants, and INSERT ... SELECT from an ORM queryset's "

@@ -18,9 +18,9 @@ grows with groups x days, not with events.
   - Otherwise :class:`RollupBatch` sums the inserted rows in Python (one row per per-user
     group; on PostgreSQL the rows its ``INSERT … RETURNING`` reported, elsewhere
     :meth:`RollupBatch.of_unstored` looks the stored ones up before the insert) and
-    saves them: on PostgreSQL many groups through the same temp table (``COPY``), a few
-    with one upsert per row; on SQLite an upsert run with executemany per table; other
-    databases fall back to an UPDATE-or-INSERT per group.
+    saves them with an upsert run with executemany per table (PostgreSQL, SQLite; other
+    databases fall back to an UPDATE-or-INSERT per group). On PostgreSQL this is the
+    rare way: a batch part of which was stored before, or a small one.
 
   Both ways give the same rows (a test checks it in three time zones).
 * **From scratch**: :func:`rebuild_rollups` deletes the rows from a day on and recomputes
@@ -67,10 +67,6 @@ USER_GROUP_KEYS = (*GROUP_KEYS, "end_user_id")
 
 #: Databases whose ``INSERT … ON CONFLICT … DO UPDATE`` the recorder uses.
 UPSERT_VENDORS = ("postgresql", "sqlite")
-
-#: PostgreSQL: a batch touching more groups than this goes through the staging table
-#: (three statements); fewer are upserted one row each in a pipeline (fewer round trips).
-STAGED_GROUPS = 20
 
 _MONEY_EXPONENT = Decimal("1e-10")
 _INDEX = {name: i for i, name in enumerate(MEASURE_FIELDS)}
@@ -146,12 +142,11 @@ class RollupBatch:
         fallbacks, cache_hits = _INDEX["fallbacks"], _INDEX["cache_hits"]
         priced, unpriced = _INDEX["priced"], _INDEX["unpriced"]
         cost_units, saved_units = _INDEX["cost_units"], _INDEX["cost_saved_units"]
-        days = _Days()
         groups = self.user_rows
         width = len(MEASURE_FIELDS)
         for event in rows:
             team, feature, provider, model, end_user = (event[i] for i in key_at)
-            key = (days.of(event[created]), team or 0, feature, provider, model, end_user)
+            key = (event_day(event[created]), team or 0, feature, provider, model, end_user)
             row = groups.get(key)
             if row is None:
                 row = groups[key] = [0] * width
@@ -198,9 +193,6 @@ class RollupBatch:
         if not self.user_rows:
             return
         conn = connections[using]
-        if conn.vendor == "postgresql" and len(self.user_rows) > STAGED_GROUPS:
-            self._save_staged(conn)
-            return
         for model, keys in rollup_models():
             rows = self.rows(keys)
             if conn.vendor in UPSERT_VENDORS:
@@ -209,51 +201,13 @@ class RollupBatch:
             else:
                 _upsert_by_orm(model, keys, rows, using)
 
-    def _save_staged(self, conn: Any) -> None:
-        """PostgreSQL: ``COPY`` the per-user deltas into a temp table, then add them to
-        both tables with one ``INSERT … SELECT … ON CONFLICT DO UPDATE`` each (the coarser
-        one summed by the database) — three statements a batch, however many groups."""
-        sql = _staged_sql(conn)
-        with conn.cursor() as cursor:
-            cursor.execute(sql.create)
-            cursor.execute(sql.empty)  # (a batch saved earlier in this transaction)
-            with cursor.copy(sql.copy) as copy:
-                for key, measures in self.user_rows.items():
-                    copy.write_row((*key, *measures))
-            cursor.execute(sql.add_users)
-            cursor.execute(sql.add_groups)
-
-
-class _Days:
-    """``event_day`` of a batch's timestamps, looked up once per quarter hour (a batch
-    spans seconds). Exact: a quarter hour in which the local date changes (only with an
-    offset that is not whole quarter hours) is worked out per event."""
-
-    _LAST = dt.timedelta(minutes=15, microseconds=-1)
-
-    def __init__(self) -> None:
-        self._days: dict[dt.datetime, dt.date | None] = {}
-
-    def of(self, created_at: dt.datetime) -> dt.date:
-        if not (settings.USE_TZ and timezone.is_aware(created_at)):
-            return created_at.date()
-        quarter = created_at.replace(minute=created_at.minute // 15 * 15, second=0, microsecond=0)
-        if quarter in self._days:
-            day = self._days[quarter]
-        else:
-            day = event_day(quarter)
-            if event_day(quarter + self._LAST) != day:
-                day = None
-            self._days[quarter] = day
-        return day if day is not None else event_day(created_at)
-
 
 class StagedEvents:
     """The rollup deltas of the events in the recorder's staging table, every one of them
     just inserted (PostgreSQL): summed by the database with the very SQL
-    :func:`rebuild_rollups` uses, straight into the rollup staging table, then added to
-    both tables by :meth:`RollupBatch._save_staged`'s statements. Nothing per event
-    crosses to Python."""
+    :func:`rebuild_rollups` uses into a temp table of per-user rows, then added to both
+    tables with one ``INSERT … SELECT … ON CONFLICT DO UPDATE`` each (the coarser one
+    summed by ``GROUP BY``). Nothing per event crosses to Python."""
 
     def __init__(self, table: str) -> None:
         self.table = table
@@ -319,7 +273,7 @@ def _upsert_sql(model: Any, keys: tuple[str, ...], conn: Any) -> str:
 
 
 class _StagedSQL:
-    """The statements of :meth:`RollupBatch._save_staged` (PostgreSQL)."""
+    """The statements of :meth:`StagedEvents.save` (PostgreSQL)."""
 
     STAGING = "fluxgate_incoming_rollup"
 
@@ -344,7 +298,6 @@ class _StagedSQL:
             f"SELECT {columns} FROM {users} WITH NO DATA"
         )
         self.empty = f"DELETE FROM {staging}"
-        self.copy = f"COPY {staging} ({columns}) FROM STDIN"
         # ORDER BY: concurrent writers lock the rows they update in the same order.
         self.add_users = (
             f"INSERT INTO {users} ({columns}) SELECT {columns} FROM {staging} "
