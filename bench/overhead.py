@@ -1,6 +1,6 @@
 """What tracking adds to an LLM call: raw SDK client vs tracked client, in one run.
 
-    python bench/overhead.py [--calls 2000] [--recorder thread]
+    python bench/overhead.py [--calls 2000] [--recorder thread] [--journal on|off]
 
 The fake provider runs in its own process (as a real provider would be elsewhere), the
 raw and the tracked client make the same chat completions against it, interleaved call
@@ -8,6 +8,10 @@ by call (alternating which goes first) so that drift hits both alike, and it pri
 median (and p95) time per call of each, the ratio and the time added per call. Events go
 to a throwaway SQLite database through the chosen recorder (default: the default, ``thread``); the
 script checks afterwards that every tracked call was stored.
+
+With the thread recorder it also prints what the journal costs (``FLUXGATE["JOURNAL"]``:
+each record appended to the process's journal before the call returns): the same
+tracked call with the journal off and on, interleaved call by call, and the append alone.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def setup_django(recorder: str, db_path: str) -> None:
+def setup_django(recorder: str, db_path: str, journal: bool) -> None:
     import django
     from django.conf import settings
 
@@ -37,7 +41,12 @@ def setup_django(recorder: str, db_path: str) -> None:
         ],
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": db_path}},
         USE_TZ=True,
-        FLUXGATE={"RECORDER": recorder},
+        SECRET_KEY="fluxgate-bench",  # (the journal's lines carry a MAC keyed by it)
+        FLUXGATE={
+            "RECORDER": recorder,
+            "JOURNAL": journal,
+            "SPOOL_DIR": os.path.join(os.path.dirname(db_path), "spool"),
+        },
     )
     django.setup()
     from django.core.management import call_command
@@ -67,7 +76,9 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1]
 
 
-def measure(name: str, raw_call, tracked_call, calls: int) -> tuple[float, float]:
+def measure(
+    name: str, raw_call, tracked_call, calls: int, labels: tuple[str, str] = ("raw", "tracked")
+) -> tuple[float, float]:
     for _ in range(50):  # warm up connections, imports and price lookups
         raw_call()
         tracked_call()
@@ -87,21 +98,84 @@ def measure(name: str, raw_call, tracked_call, calls: int) -> tuple[float, float
         tracked.append(b if i % 2 == 0 else a)
     raw_med, tr_med = statistics.median(raw), statistics.median(tracked)
     print(
-        f"{name:<28} raw median {raw_med * 1e3:7.3f} ms (p95 {pct(raw, 95) * 1e3:6.3f})   "
-        f"tracked median {tr_med * 1e3:7.3f} ms (p95 {pct(tracked, 95) * 1e3:6.3f})   "
+        f"{name:<28} {labels[0]} median {raw_med * 1e3:7.3f} ms (p95 {pct(raw, 95) * 1e3:6.3f})   "
+        f"{labels[1]} median {tr_med * 1e3:7.3f} ms (p95 {pct(tracked, 95) * 1e3:6.3f})   "
         f"ratio {tr_med / raw_med:5.3f}   added {(tr_med - raw_med) * 1e6:+7.1f} µs/call"
     )
     return raw_med, tr_med
+
+
+def measure_journal(tracked_openai, msgs, calls: int) -> int:
+    """The journal's cost: tracked calls with it off vs on, interleaved; then the append
+    of one record alone. Returns how many tracked calls it made."""
+    import timeit
+
+    from fluxgate_django.recording import journal
+
+    def with_journal(on: bool):
+        def call():
+            # (The setting as the journal reads it, switched call by call: the bench's
+            # own shortcut, so that both sides of a pair run in the same conditions.)
+            journal._enabled = on
+            return tracked_openai.chat.completions.create(model="gpt-4o", messages=msgs)
+
+        return call
+
+    try:
+        measure(
+            "openai, journal off vs on",
+            with_journal(False),
+            with_journal(True),
+            calls,
+            labels=("off", "on"),
+        )
+    finally:
+        journal._enabled = None  # (read from the settings again)
+    fluxgate_django_flush()
+    record = _sample_record(tracked_openai, msgs)
+    j = journal.Journal(journal.journal_dir() / "bench")
+    n = 20_000
+    best = min(timeit.repeat(lambda: j.append((record,)), number=n, repeat=5)) / n
+    j.release([record])
+    j.close()
+    print(
+        f"{'journal append alone':<28} {best * 1e6:7.2f} µs/record (one copy of "
+        f"{len(journal.private.encode_row(record))} bytes into the mapped segment, MAC included; "
+        "best of 5)"
+    )
+    return (calls + 50) * 2 + 1
+
+
+def fluxgate_django_flush() -> None:
+    import fluxgate_django
+
+    fluxgate_django.flush()
+
+
+def _sample_record(tracked_openai, msgs):
+    """The record of one tracked call, as the journal gets it."""
+    from fluxgate_django.recording import get_recorder
+
+    recorder = get_recorder()
+    seen = []
+    real = recorder.record
+    recorder.record = lambda record: (seen.append(record), real(record))  # type: ignore[method-assign]
+    try:
+        tracked_openai.chat.completions.create(model="gpt-4o", messages=msgs)
+    finally:
+        del recorder.record
+    return seen[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--recorder", default="thread", choices=["thread", "sync"])
+    parser.add_argument("--journal", default="on", choices=["on", "off"])
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="fluxgate-bench-")
-    setup_django(args.recorder, os.path.join(tmp, "bench.sqlite3"))
+    setup_django(args.recorder, os.path.join(tmp, "bench.sqlite3"), args.journal == "on")
 
     import anthropic
     import openai
@@ -123,7 +197,7 @@ def main() -> None:
 
         print(
             f"{args.calls} calls each, fake provider in a separate process, "
-            f"recorder={args.recorder}, Python {sys.version.split()[0]}, "
+            f"recorder={args.recorder}, journal={args.journal}, Python {sys.version.split()[0]}, "
             f"openai {openai.__version__}, anthropic {anthropic.__version__}"
         )
         with tracking_context(feature="bench", user={"id": "u1"}):
@@ -160,8 +234,10 @@ def main() -> None:
                 lambda: consume(tracked_openai),
                 args.calls // 2,
             )
+            expected = (args.calls + 50) * 2 + (args.calls // 2 + 50)
+            if args.recorder == "thread":
+                expected += measure_journal(tracked_openai, msgs, args.calls)
         fluxgate_django.flush()
-        expected = (args.calls + 50) * 2 + (args.calls // 2 + 50)
         stored = Event.objects.count()
         print(f"events stored: {stored} of {expected} tracked calls")
         if stored != expected:

@@ -4,6 +4,7 @@ Public API (imported lazily, so ``import fluxgate_django`` needs no configured D
 
     from fluxgate_django import (track_openai, track_anthropic, track_gemini,
                                  tracking_context, current_context, BudgetExceeded,
+                                 CallRefused,
                                  LLMService, flush)
 """
 
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .context import current_context, tracking_context
-    from .exceptions import BudgetExceeded
+    from .exceptions import BudgetExceeded, BudgetStoreUnavailable, CallRefused, FluxGateError
     from .recording import flush
     from .records import Status, TrackingResult
     from .service import LLMService
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BudgetExceeded",
+    "BudgetStoreUnavailable",
+    "CallRefused",
+    "FluxGateError",
     "LLMService",
     "Status",
     "TrackingResult",
@@ -39,6 +43,9 @@ _EXPORTS = {
     "tracking_context": ".context",
     "current_context": ".context",
     "BudgetExceeded": ".exceptions",
+    "BudgetStoreUnavailable": ".exceptions",
+    "CallRefused": ".exceptions",
+    "FluxGateError": ".exceptions",
     "LLMService": ".service",
     "Status": ".records",
     "TrackingResult": ".records",

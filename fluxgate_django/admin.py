@@ -1,4 +1,5 @@
-"""Django admin for FluxGate: read-only events, teams, API keys, price overrides, budgets."""
+"""Django admin for FluxGate: read-only events (and dead letters), teams, API keys, price
+overrides, budgets."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ from .models import (
     ApiKey,
     Budget,
     BudgetAlert,
+    DeadLetter,
     Event,
     ModelPrice,
     SpendAnomaly,
     Team,
     TeamMembership,
 )
+from .models.teams import forget_api_keys
 
 # -- events -------------------------------------------------------------------------------
 
@@ -305,6 +308,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        forget_api_keys()  # (an update sends no signal)
         self.message_user(request, f"Revoked {count} API key{'s' if count != 1 else ''}.")
         return None
 
@@ -407,3 +411,28 @@ class SpendAnomalyAdmin(ReadOnlyAdmin):
     list_filter = ("team",)
     list_select_related = ("team",)
     date_hierarchy = "created_at"
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyAdmin):
+    """Events the database refused, quarantined by the recorder with the reason (see
+    ``recording.quarantine``): listed and filtered by team like events, never edited."""
+
+    list_display = ("quarantined_at", "tracking_id", "team", "provider", "model", "feature")
+    list_filter = ("team", "provider", "source")
+    search_fields = ("tracking_id", "feature", "model", "reason")
+    list_select_related = ("team",)
+    date_hierarchy = "quarantined_at"
+    fields = (
+        "tracking_id",
+        "quarantined_at",
+        "created_at",
+        "team",
+        ("provider", "model"),
+        ("feature", "source"),
+        "reason",
+        "record",
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return flatten_fieldsets([(None, {"fields": self.fields})])

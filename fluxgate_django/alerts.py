@@ -19,6 +19,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from .celery_app import TASKS, celery_configured, site_celery_app
 from .conf import fluxgate_settings
 
 logger = logging.getLogger("fluxgate.alerts")
@@ -77,21 +78,9 @@ def check_thresholds(counter_ids: list[int]) -> None:
             raise_alert(counter.budget, counter, threshold)
 
 
-def celery_configured() -> bool:
-    from django.conf import settings
-
-    if not getattr(settings, "CELERY_BROKER_URL", None):
-        return False
-    try:
-        import celery  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def dispatch_notification(alert_id: int) -> None:
     """Send the alert's e-mail and webhook off the caller's path."""
-    _dispatch("send_budget_alert", send_notifications, alert_id)
+    _dispatch(TASKS.send_budget_alert, send_notifications, alert_id)
 
 
 def _dispatch(task_name: str, send: Any, object_id: int) -> None:
@@ -99,9 +88,7 @@ def _dispatch(task_name: str, send: Any, object_id: int) -> None:
     else in a background thread (also when the task can't be queued)."""
     if celery_configured():
         try:
-            from . import tasks
-
-            getattr(tasks, task_name).delay(object_id)
+            site_celery_app().send_task(task_name, args=[object_id])
             return
         except Exception:
             logger.warning("FluxGate could not queue %s; sending in-process", task_name)
@@ -119,7 +106,7 @@ def wait_for_notifications(timeout: float = 10) -> None:
 
 def dispatch_anomaly_notification(anomaly_id: int) -> None:
     """Tell the team's admins about a runaway, off the caller's path."""
-    _dispatch("send_anomaly_alert", send_anomaly_notifications, anomaly_id)
+    _dispatch(TASKS.send_anomaly_alert, send_anomaly_notifications, anomaly_id)
 
 
 def _start_thread(func: Any, arg: int) -> None:

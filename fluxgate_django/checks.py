@@ -8,6 +8,8 @@
 * ``fluxgate.E006`` a bad number (batch size, flush interval, breaker, cache TTL...)
 * ``fluxgate.E007`` RESPONSE_CACHE names a cache alias that is not in CACHES
 * ``fluxgate.E008`` PROVIDERS is malformed
+* ``fluxgate.E009`` the spool directory is another user's, or others can write to it
+  (:mod:`.checks_spool`)
 * ``fluxgate.W001`` an unknown FLUXGATE key (probably a typo)
 """
 
@@ -18,6 +20,10 @@ from typing import Any
 
 from django.core.checks import Error, Tags, Warning, register
 
+from . import (
+    checks_celery,  # noqa: F401  (registers the Celery worker settings checks)
+    checks_spool,  # noqa: F401  (registers the spool directory check, E009)
+)
 from .conf import DEFAULTS, RECORDER_ALIASES, fluxgate_settings
 from .model_refs import UnknownModel, resolve_model
 
@@ -150,6 +156,7 @@ def _check_numbers() -> list[Any]:
         ("BATCH_SIZE", s.BATCH_SIZE, False),
         ("FLUSH_INTERVAL", s.FLUSH_INTERVAL, False),
         ("MAX_QUEUE_SIZE", s.MAX_QUEUE_SIZE, False),
+        ("OVERFLOW_BUFFER_SIZE", s.OVERFLOW_BUFFER_SIZE, False),
         ("WRITER_THREADS", s.WRITER_THREADS, False),
         ("PRICE_CACHE_SECONDS", s.PRICE_CACHE_SECONDS, True),
         ("CIRCUIT_BREAKER['failures']", s.CIRCUIT_BREAKER.get("failures"), False),

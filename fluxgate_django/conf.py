@@ -43,10 +43,19 @@ DEFAULTS: dict[str, Any] = {
     # Thread recorder: writer threads (each with a database connection of its own). Two
     # overlap one batch's Python work with the database's work on another. SQLite: one.
     "WRITER_THREADS": 2,
-    # Events held in memory at most; past this the recorder writes to the spool.
+    # Events held in memory at most; past this the recorder writes to the spool ...
     "MAX_QUEUE_SIZE": 100_000,
-    # Where events go when the database is unreachable (JSON lines). None: a
-    # "fluxgate-spool" folder in the system temp directory.
+    # ... through a buffer of this many events, spooled in batches by a thread of its own
+    # (never by the caller). Past it (the disk can't keep up), events are dropped, logged.
+    "OVERFLOW_BUFFER_SIZE": 100_000,
+    # Journal every event (a copy into a memory-mapped file, no fsync) before the tracked
+    # call returns, so a process killed with events still queued loses none: the next
+    # process recovers them.
+    "JOURNAL": True,
+    # The site's private directory for the spool (events the database could not take,
+    # JSON lines with a MAC) and the journal; created 0700. None: <BASE_DIR>/var/fluxgate
+    # if the project directory is writable, else a directory in the system temp directory
+    # named by a key derived from SECRET_KEY (see recording/private.py).
     "SPOOL_DIR": None,
     # The spool's size limit in bytes (all its files together). Past it, events are
     # dropped with an error logged (counted in ``recording.spool.dropped``), so that a
@@ -63,6 +72,9 @@ DEFAULTS: dict[str, Any] = {
     "BUDGET_DEFAULT_OUTPUT_TOKENS": 1024,
     # How long a process caches a team's budget list (other processes' edits show after).
     "BUDGET_CACHE_SECONDS": 5,
+    # How long a process keeps an API key it found (a key revoked or deleted in another
+    # process is refused there after at most this long; in this one at once). 0: no cache.
+    "API_KEY_CACHE_SECONDS": 5,
     # Runaway detection: spend over the last `window_minutes` above `factor` times the
     # average per window over the previous `baseline_minutes` (and at least
     # `min_spend_usd`) fires `spend_anomaly_detected`; `block_minutes` > 0 also blocks the

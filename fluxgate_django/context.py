@@ -9,6 +9,7 @@ and, with the Celery integration, into tasks.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import functools
@@ -19,6 +20,27 @@ from decimal import Decimal
 from typing import Any
 
 
+class Deferred(abc.ABC):
+    """A context value looked up only when an LLM call needs it (the middleware's user and
+    team: a request that makes no LLM call costs no query). :meth:`resolve` gives the
+    plain value; the record builder and the budget guard call it."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def resolve(self) -> Any:
+        """The plain value (looked up on first use)."""
+
+    def ready(self) -> bool:
+        """Whether :meth:`resolve` can answer without I/O (already looked up)."""
+        return False
+
+
+def resolved(value: Any) -> Any:
+    """``value``, or what it stands for if it is :class:`Deferred`."""
+    return value.resolve() if isinstance(value, Deferred) else value
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TrackingContext:
     """Attribution for LLM calls. Every field is optional."""
@@ -26,7 +48,7 @@ class TrackingContext:
     feature: str | None = None
     #: An id (str/int), a dict ``{"id", "email", "name"}`` or a Django user instance.
     user: Any = None
-    #: A ``Team`` slug or instance.
+    #: A ``Team`` slug, id or instance (or a :class:`Deferred` one, from the middleware).
     team: Any = None
     step: str | None = None
     session_id: str | None = None

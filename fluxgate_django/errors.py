@@ -11,6 +11,8 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+from .conf import fluxgate_settings
+
 logger = logging.getLogger("fluxgate")
 
 
@@ -19,8 +21,6 @@ def capture_internal_exceptions(what: str = "tracking") -> Iterator[None]:
     try:
         yield
     except Exception:
-        from .conf import fluxgate_settings
-
         try:
             raise_errors = fluxgate_settings.RAISE_ERRORS
         except Exception:

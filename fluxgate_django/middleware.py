@@ -3,48 +3,66 @@
 Add ``"fluxgate_django.middleware.FluxGateContextMiddleware"`` to ``MIDDLEWARE`` after
 ``AuthenticationMiddleware``. For each request it sets a :class:`TrackingContext` with:
 
-* ``user``: ``{"id": str(pk), "email": email, "pk": pk}`` for an authenticated user;
+* ``user``: ``{"id": str(pk), "email": email, "pk": pk}`` for an authenticated user
+  (None for an anonymous one);
+* ``team``: the slug of the request's team, by this rule: the team named by the
+  ``X-FluxGate-Team`` header if the user is a member of it (the header is ignored
+  otherwise); else the membership the user marked as default
+  (``TeamMembership.is_default``); else the user's only team if they have exactly one;
+  else none (see :mod:`fluxgate_django.teams`);
 * ``session_id``: a fingerprint of the session key (see :func:`session_fingerprint`),
-  when the request has a session (none is created);
+  when the request has a session cookie (none is created);
 * ``request_id``: the ``X-Request-ID`` header when it is well formed (at most 128 of
   ``A-Z a-z 0-9 . _ : -``), else a new uuid4 hex; echoed on the response;
-* ``team``: the slug of the team named by the ``X-FluxGate-Team`` header if the user is a
-  member of it (the header is ignored otherwise), else the user's team; a user in several
-  teams is attributed to the first by name. One query, for authenticated users only (if
-  it fails the request goes on without a team: tracking never breaks the site);
 * ``feature``: the view name of the resolved URL (``"app:view"``), set in ``process_view``
   so that a ``tracking_context(feature=...)`` inside the view, being inner, wins.
+
+**No queries**: a request that makes no LLM call costs FluxGate no database query. The
+user and the team are :class:`~fluxgate_django.context.Deferred` values, looked up on
+first use — by the budget check or the event of the request's first LLM call — and then
+kept for the request (the team also in :mod:`fluxgate_django.teams`' cache, for
+``BUDGET_CACHE_SECONDS``). Reading ``request.user`` is not free (Django's lazy user loads
+the session and then the user), so it is read only then too; if another middleware has
+already loaded the user, its values are taken at once. The session fingerprint comes
+from the session cookie, which needs no query. Code that reads
+``request.fluxgate_context`` or ``current_context()`` gets the plain values with
+:func:`fluxgate_django.context.resolved`.
 
 The context is made current with ``set_context`` and reset in a ``finally``, so nothing
 leaks into the next request served by the same thread or task. It is also available as
 ``request.fluxgate_context``. Streaming responses are iterated in the request's context,
 so LLM calls made lazily while streaming are attributed too.
 
-The middleware is sync and async capable: under ASGI it never touches the database
-synchronously (``await request.auser()``, async ORM).
+The middleware is sync and async capable. Under ASGI it does no I/O at all; the lookups
+run where a call needs them, off the event loop (the budget check of an async call runs
+in a worker thread and resolves the team — and with it the user — there). A lookup that
+is first needed on the event loop itself (e.g. a view that sets its own ``team`` and has
+no budget to check) runs in a short-lived worker thread, because the ORM must not run on
+the loop; the loop waits for that one lookup.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
-from django.db.models import Case, IntegerField, Value, When
+from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
 from django.http import FileResponse, HttpRequest, HttpResponseBase
 from django.utils.crypto import salted_hmac
+from django.utils.functional import LazyObject, empty
 
-from .context import TrackingContext, current_context, reset_context, set_context
-from .errors import capture_internal_exceptions
+from .context import Deferred, TrackingContext, current_context, reset_context, set_context
+from .teams import RequestTeam
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TEAM_HEADER = "X-FluxGate-Team"
 
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# The characters of a SlugField (validate_slug), bounded by Team.slug's max_length.
-_VALID_TEAM_SLUG = re.compile(r"[-a-zA-Z0-9_]{1,100}")
+_UNSET: Any = object()
 
 
 def request_id_for(request: HttpRequest) -> str:
@@ -66,6 +84,7 @@ def session_fingerprint(session_key: str) -> str:
 
 
 def _session_id(request: HttpRequest) -> str | None:
+    # session_key is the cookie's value: reading it does not load the session.
     session = getattr(request, "session", None)
     key = getattr(session, "session_key", None) if session is not None else None
     return session_fingerprint(key) if key else None
@@ -78,21 +97,115 @@ def _user_value(user: Any) -> dict[str, Any] | None:
     return {"id": str(user.pk), "email": getattr(user, email_field, "") or "", "pk": user.pk}
 
 
-def _team_query(user_pk: Any, requested: str | None) -> Any:
-    """The slug of the user's team: the requested one if they belong to it, else the first
-    by name. A single query returning at most one row."""
-    from .models import Team
+def _is_loaded(user: Any) -> bool:
+    """Can ``user`` be read without a query? (Not a lazy user still to be loaded.)"""
+    return not isinstance(user, LazyObject) or user._wrapped is not empty
 
-    teams = Team.objects.filter(memberships__user_id=user_pk)
-    if requested and _VALID_TEAM_SLUG.fullmatch(requested):
-        teams = teams.annotate(
-            _not_requested=Case(
-                When(slug=requested, then=Value(0)), default=Value(1), output_field=IntegerField()
-            )
-        ).order_by("_not_requested", "name", "slug")
-    else:
-        teams = teams.order_by("name", "slug")
-    return teams.values_list("slug", flat=True)[:1]
+
+def _off_the_loop(load: Callable[[], Any]) -> Any:
+    """``load()``, in a worker thread if this thread runs an event loop (no ORM there)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return load()
+    outcome: list[Any] = []
+
+    def work() -> None:
+        from django.db import connections
+
+        try:
+            outcome.append((True, load()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        finally:
+            connections.close_all()  # this thread's own connections
+
+    worker = threading.Thread(target=work, name="fluxgate-request-lookup", daemon=True)
+    worker.start()
+    worker.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+class RequestUser(Deferred):
+    """The request's user as a context value, ``{"id", "email", "pk"}`` or None: read
+    from ``request.user`` on first use (that loads the session and the user), then kept."""
+
+    __slots__ = ("_lock", "_request", "_value")
+
+    def __init__(self, request: HttpRequest) -> None:
+        self._request: HttpRequest | None = request
+        self._value: Any = _UNSET
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._value is not _UNSET
+
+    def ready(self) -> bool:
+        return self.loaded
+
+    def resolve(self) -> dict[str, Any] | None:
+        if self._value is _UNSET:
+            with self._lock:
+                if self._value is _UNSET:
+                    self._value = _off_the_loop(self._load)
+                    self._request = None  # not kept alive by contexts that outlive it
+        return self._value  # type: ignore[no-any-return]
+
+    def _load(self) -> dict[str, Any] | None:
+        request = self._request
+        user = getattr(request, "user", None)
+        if user is None and getattr(request, "auser", None) is not None:
+            user = async_to_sync(request.auser)()  # type: ignore[union-attr]
+        return _user_value(user)
+
+    def __repr__(self) -> str:
+        return f"RequestUser({'?' if self._value is _UNSET else self._value!r})"
+
+
+class _LazyUserTeam(RequestTeam):
+    """:class:`~fluxgate_django.teams.RequestTeam` for a user not loaded yet: the user's
+    pk is known only once :class:`RequestUser` has read it."""
+
+    __slots__ = ("_user",)
+
+    def __init__(self, user: RequestUser, requested: str | None) -> None:
+        super().__init__(None, requested)
+        self._user = user
+
+    def cached(self) -> tuple[bool, str | None]:
+        if not self._user.loaded:
+            return False, None  # unknown without a query: the budget guard resolves it
+        user = self._user.resolve()  # loaded: no query
+        if user is None:
+            return True, None
+        self.user_pk = user["pk"]
+        return super().cached()
+
+    def resolve(self) -> str | None:
+        user = self._user.resolve()
+        if user is None:
+            return None  # anonymous: no team, and no query for one
+        self.user_pk = user["pk"]
+        if super().cached()[0]:
+            return super().resolve()  # known: no query
+        return _off_the_loop(super().resolve)  # type: ignore[no-any-return]
+
+
+def _user_and_team(request: HttpRequest) -> tuple[Any, Any]:
+    """The context's ``user`` and ``team`` values for ``request``, without a query."""
+    if not hasattr(request, "user") and not hasattr(request, "auser"):
+        return None, None  # no authentication middleware
+    requested = request.headers.get(TEAM_HEADER)
+    user = getattr(request, "user", None)
+    if user is not None and _is_loaded(user):  # already loaded by other code: free to read
+        value = _user_value(user)
+        return value, (RequestTeam(value["pk"], requested) if value is not None else None)
+    lazy = RequestUser(request)
+    return lazy, _LazyUserTeam(lazy, requested)
 
 
 class FluxGateContextMiddleware:
@@ -114,13 +227,7 @@ class FluxGateContextMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        user = _user_value(getattr(request, "user", None))
-        team = None
-        if user is not None:
-            with capture_internal_exceptions("looking up the request's team"):
-                team = _team_query(user["pk"], request.headers.get(TEAM_HEADER)).first()
-        ctx = self._start(request, user, team)
-        token = set_context(ctx)
+        token = set_context(self._start(request))
         try:
             response = self.get_response(request)
             return self._finish(response)
@@ -135,13 +242,7 @@ class FluxGateContextMiddleware:
     # -- async --------------------------------------------------------------------------
 
     async def __acall__(self, request: HttpRequest) -> Any:
-        user = await _auser_value(request)
-        team = None
-        if user is not None:
-            with capture_internal_exceptions("looking up the request's team"):
-                team = await _team_query(user["pk"], request.headers.get(TEAM_HEADER)).afirst()
-        ctx = self._start(request, user, team)
-        token = set_context(ctx)
+        token = set_context(self._start(request))
         try:
             get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
             response = await get_response(request)
@@ -157,9 +258,8 @@ class FluxGateContextMiddleware:
     # -- shared -------------------------------------------------------------------------
 
     @staticmethod
-    def _start(
-        request: HttpRequest, user: dict[str, Any] | None, team: str | None
-    ) -> TrackingContext:
+    def _start(request: HttpRequest) -> TrackingContext:
+        user, team = _user_and_team(request)
         ctx = current_context().merge(
             user=user,
             team=team,
@@ -189,17 +289,6 @@ class FluxGateContextMiddleware:
         if response.streaming and not isinstance(response, FileResponse):
             _stream_in_context(response, ctx)
         return response
-
-
-async def _auser_value(request: HttpRequest) -> dict[str, Any] | None:
-    auser = getattr(request, "auser", None)
-    if auser is not None:
-        return _user_value(await auser())
-    if not hasattr(request, "user"):
-        return None
-    # A custom authentication middleware without auser(): request.user may be lazy, so
-    # it is evaluated in a thread.
-    return await sync_to_async(_user_value)(request.user)
 
 
 def _stream_in_context(response: Any, ctx: TrackingContext) -> None:

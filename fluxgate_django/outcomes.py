@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .records import CallInfo, Status
+from .records import CallInfo, CostSource, Status, Usage
 
 OPENAI_FINISH = {
     "length": Status.MAX_TOKENS,
@@ -99,3 +99,22 @@ def error_status(provider: str, error: BaseException) -> Status:
     if status is None and provider == "gemini":
         status = getattr(error, "code", None)
     return Status.MALFORMED_REQUEST if status == 400 else Status.ERROR
+
+
+def end_of_stream(info: CallInfo, usage: Usage | None, *, completed: bool) -> dict[str, Any] | None:
+    """Apply the rules of a stream's end to ``info``; returns metadata for the event.
+
+    No usage seen: the event has no cost (``info.usage_missing_reason`` says why). A stream
+    that did not complete is marked ``stream_completed: False``; if it also ended before
+    the provider's finish reason, its counts are partial, and a partial count must not
+    pass for the call's cost (``stream-incomplete``). Every path that observes streams —
+    tracked clients and the LangChain handler — ends them here.
+    """
+    if usage is None:
+        info.usage_reported = False
+    if completed:
+        return None
+    if not info.finish_reason:
+        info.usage_reported = False
+        info.usage_missing_reason = CostSource.STREAM_INCOMPLETE.value
+    return {"stream_completed": False}

@@ -255,6 +255,9 @@ class PriceBook:
 
         from .models import ModelPrice
 
+        # A caller's thread that had no connection (a LangChain callback pool, a worker
+        # thread) is not left holding one for this one read.
+        opened_here = connection.connection is None and not connection.in_atomic_block
         try:
             self._overrides = {
                 (row.provider, row.model): rates_from_model_price(row)
@@ -266,7 +269,7 @@ class PriceBook:
             logger.warning("FluxGate could not load ModelPrice overrides", exc_info=True)
             self._overrides_loaded_at = time.monotonic()
         finally:
-            if in_own_thread:
+            if in_own_thread or opened_here:
                 connection.close()
             self._loading.release()
 

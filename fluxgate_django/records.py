@@ -44,6 +44,69 @@ class Source(str, Enum):
         return self.value
 
 
+class CostSource(str, Enum):
+    """Where an event's ``cost_usd`` came from, or why it has none.
+
+    A priced event's ``cost_source`` may carry the service tier it was priced at after a
+    ``+`` (``"genai-prices+batch"``); :meth:`of` reads the kind back.
+    """
+
+    #: Priced from the genai-prices data.
+    GENAI_PRICES = "genai-prices"
+    #: Priced from a ``ModelPrice`` row (negotiated or self-hosted prices).
+    OVERRIDE = "override"
+    #: The provider reported the call's cost itself (OpenRouter's ``usage.cost``).
+    PROVIDER_REPORTED = "provider-reported"
+    #: The context's ``openrouter_cost``.
+    OPENROUTER = "openrouter"
+    #: An ingested event whose client gave the cost.
+    CLIENT = "client"
+    #: Served from the LLM service's response cache: cost 0, the saving recorded.
+    RESPONSE_CACHE = "response-cache"
+    #: Refused before it was sent (a budget): cost 0.
+    NOT_SENT = "not-sent"
+    #: A failed call the provider did not bill: no cost, but not unpriced.
+    NOT_BILLED = "not-billed"
+    #: No price is known for the model: cost None, never a silent 0.
+    UNKNOWN = "unknown"
+    #: The provider reported no usage (an OpenAI stream without ``include_usage``).
+    USAGE_MISSING = "usage-missing"
+    #: Usage was reported in part (a LangChain stream with output but no input count).
+    USAGE_INCOMPLETE = "usage-incomplete"
+    #: A stream closed before the provider's final usage.
+    STREAM_INCOMPLETE = "stream-incomplete"
+    #: A raw streaming response (``with_streaming_response``) whose body FluxGate can't read.
+    STREAMING_RESPONSE = "streaming-response"
+    #: A cost or token count no column or budget counter can hold (negative, not finite,
+    #: over ``MAX_EVENT_COST_USD``...): refused, the event stored without a cost (the
+    #: refused values are in its ``metadata["fluxgate_refused"]``).
+    INVALID = "invalid"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def of(cls, cost_source: str) -> CostSource | None:
+        """The kind of an event's ``cost_source`` (None for an empty or foreign value)."""
+        try:
+            return cls(cost_source.split("+", 1)[0])
+        except ValueError:
+            return None
+
+
+#: Unpriced kinds whose budget reservation is charged its estimate (usage not reported:
+#: a stream read without usage must not slip past budgets).
+CHARGE_ESTIMATE = frozenset(
+    {
+        CostSource.USAGE_MISSING,
+        CostSource.USAGE_INCOMPLETE,
+        CostSource.STREAM_INCOMPLETE,
+        CostSource.STREAMING_RESPONSE,
+        CostSource.INVALID,
+    }
+)
+
+
 @dataclasses.dataclass(slots=True)
 class Usage:
     """Token counts in one convention for every provider.
@@ -82,7 +145,7 @@ class CallInfo:
     #: False when the provider reported no usage (e.g. a stream without include_usage).
     usage_reported: bool = True
     #: The event's ``cost_source`` when usage was not reported.
-    usage_missing_reason: str = "usage-missing"
+    usage_missing_reason: str = CostSource.USAGE_MISSING.value
     #: A cost the provider itself reported (OpenRouter's ``usage.cost``), used as is.
     reported_cost: Decimal | None = None
 
@@ -97,6 +160,12 @@ class TrackingResult:
     created_at: dt.datetime
     error_message: str | None = None
     cost_source: str = ""
+    #: Token counts as recorded (None for a call refused before it was sent).
+    usage: Usage | None = None
+    #: The model that served the call (the requested one when the provider named none).
+    model: str = ""
+    #: The provider's finish reason, as it sent it (``stop``, ``end_turn``, ``STOP``...).
+    finish_reason: str = ""
 
 
 @dataclasses.dataclass(slots=True)
@@ -132,6 +201,7 @@ class EventRecord:
     reasoning_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     cost_usd: Decimal | None = None
     cost_source: str = ""
     cost_saved_usd: Decimal | None = None
@@ -147,8 +217,19 @@ class EventRecord:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     tags: list[str] = dataclasses.field(default_factory=list)
     content: Any = None
-    #: A budget reservation to settle with this event's cost (see budgets.BudgetGuard).
+    #: A budget reservation to settle with this event's cost (see ``guard.Reservation``).
     budget_reservation: dict[str, Any] | None = None
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            cache_read_tokens=self.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens,
+        )
 
     def tracking_result(self) -> TrackingResult:
         return TrackingResult(
@@ -158,6 +239,9 @@ class EventRecord:
             created_at=self.created_at,
             error_message=self.error_message or None,
             cost_source=self.cost_source,
+            usage=None if self.status == Status.BUDGET_EXCEEDED.value else self.usage,
+            model=self.model,
+            finish_reason=self.finish_reason,
         )
 
     def to_json(self, *, compact: bool = False) -> dict[str, Any]:
@@ -219,6 +303,22 @@ _TRACKING_ID, _CREATED_AT, _TEAM = _AT["tracking_id"], _AT["created_at"], _AT["t
 _MONEY = (_AT["cost_usd"], _AT["cost_saved_usd"])
 
 
+def record_row(record: EventRecord) -> list[Any]:
+    """``record``'s field values in ``EVENT_RECORD_FIELDS`` order, as JSON values (ids,
+    dates and money as text, a team object as its pk): a row of :func:`pack_records`
+    and of the journal."""
+    row = list(_all_fields(record))
+    row[_TRACKING_ID] = str(row[_TRACKING_ID])
+    row[_CREATED_AT] = row[_CREATED_AT].isoformat()
+    for i in _MONEY:
+        if row[i] is not None:
+            row[i] = str(row[i])
+    team = row[_TEAM]
+    if team is not None and not isinstance(team, (str, int)):
+        row[_TEAM] = team.pk
+    return row
+
+
 def pack_records(records: Sequence[EventRecord]) -> str:
     """A batch as one JSON text: the field names once, then one list of values per record.
 
@@ -228,18 +328,7 @@ def pack_records(records: Sequence[EventRecord]) -> str:
     would go through its per-object hooks, in the worker's main process and again in
     the pool process).
     """
-    rows = []
-    for record in records:
-        row = list(_all_fields(record))
-        row[_TRACKING_ID] = str(row[_TRACKING_ID])
-        row[_CREATED_AT] = row[_CREATED_AT].isoformat()
-        for i in _MONEY:
-            if row[i] is not None:
-                row[i] = str(row[i])
-        team = row[_TEAM]
-        if team is not None and not isinstance(team, (str, int)):
-            row[_TEAM] = team.pk
-        rows.append(row)
+    rows = [record_row(record) for record in records]
     return json.dumps({"fields": EVENT_RECORD_FIELDS, "rows": rows}, separators=(",", ":"))
 
 

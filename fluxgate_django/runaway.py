@@ -22,7 +22,10 @@ from django.core.cache import caches
 from django.db import transaction
 from django.utils import timezone
 
+from .alerts import dispatch_anomaly_notification
 from .conf import fluxgate_settings
+from .money import from_units, to_units
+from .signals import spend_anomaly_detected
 
 logger = logging.getLogger("fluxgate.runaway")
 
@@ -50,6 +53,24 @@ def _minute(now: float | None = None) -> int:
 
 #: [minute, the counter keys of that minute this process has created (cache.add)].
 _created: list[Any] = [None, set()]
+
+
+def count_written(batch: Any) -> None:
+    """Write hook (after commit): feed runaway detection with a batch's spend per team and
+    feature."""
+    if not fluxgate_settings.RUNAWAY_DETECTION.get("enabled"):
+        return
+    costs: dict[tuple[int, str], Any] = {}
+    for record in batch.records:
+        if record.cost_usd is None:
+            continue
+        team_id = batch.team_id(record)
+        if team_id is not None:
+            key = (int(team_id), record.feature)
+            costs[key] = costs.get(key, 0) + record.cost_usd
+    # One conversion per team and feature, not per event (a heuristic's input: the
+    # rounding of a sum rather than a sum of roundings is fine).
+    record_spend({key: to_units(cost) for key, cost in costs.items()})
 
 
 def record_spend(spend: dict[tuple[int, str], int], now: float | None = None) -> None:
@@ -108,7 +129,6 @@ def _check(scopes: list[tuple[int, str]], minute: int) -> None:
         }
         cache.set_many(totals, 120)
         values.update(totals)
-    from .models import from_units
 
     min_spend = Decimal(str(options["min_spend_usd"]))
     factor = Decimal(str(options["factor"]))
@@ -134,9 +154,7 @@ def _check(scopes: list[tuple[int, str]], minute: int) -> None:
 def _raise_anomaly(
     team_id: int, feature: str, window: int, recent: Decimal, baseline: Decimal
 ) -> None:
-    from .alerts import dispatch_anomaly_notification
     from .models import SpendAnomaly, Team
-    from .signals import spend_anomaly_detected
 
     block_minutes = int(_options().get("block_minutes") or 0)
     blocked_until = None

@@ -3,17 +3,18 @@ LLM call, with the same fields, prices and context as the tracked SDK clients.""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import sys
 import time
-import uuid
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 
 from .readers import first_generation, provider_name, read_llm_result, status_for_error
-from .runs import RunMap
+from .runs import LLMRun, RunMap
 from .sinks import Sink, remote_settings, select_sink
 
 if TYPE_CHECKING:
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
     from fluxgate_django.context import TrackingContext
     from fluxgate_django.records import CallInfo, Usage
+
+__all__ = ["FluxGateHandler", "LLMRun"]
 
 logger = logging.getLogger("fluxgate.langchain")
 
@@ -40,43 +43,39 @@ _INTERNAL_TAG_PREFIXES = ("seq:", "graph:", "langsmith:")
 _CHAT_OPERATION = {"anthropic": "messages"}
 
 
-class LLMRun:
-    """One chat model (or LLM) call in flight."""
+class _Start(NamedTuple):
+    """A run that has begun: what the budget check before the model call needs."""
 
-    __slots__ = (
-        "ctx",
-        "first_token_at",
-        "guard",
-        "operation",
-        "parent_run_id",
-        "prompt",
-        "provider",
-        "requested_model",
-        "run_id",
-        "started",
-        "tracking_id",
-    )
+    sink: Sink
+    run: LLMRun
+    messages: Any
+    params: dict[str, Any]
 
-    def __init__(
-        self,
-        run_id: UUID,
-        parent_run_id: UUID | None,
-        ctx: TrackingContext,
-        provider: str,
-        requested_model: str,
-        operation: str,
-    ) -> None:
-        self.run_id = run_id
-        self.parent_run_id = parent_run_id
-        self.ctx = ctx
-        self.provider = provider
-        self.requested_model = requested_model
-        self.operation = operation
-        self.tracking_id = uuid.uuid4()
-        self.guard: Any = None
-        self.prompt: Any = None
-        self.first_token_at: float | None = None
-        self.started = time.perf_counter()
+
+class _SyncOrAsyncHook:
+    """A hook that LangChain calls in sync runs and awaits in async ones.
+
+    Both of LangChain's callback managers look a hook up with ``getattr``: the async one
+    awaits it when it is a coroutine function (else calls it on the loop, as
+    ``run_inline`` asks); the sync one calls it (a coroutine it got back would run in
+    another thread, its exceptions — a budget refusal too — swallowed). So the variant is
+    chosen by the code that looks the hook up: code running as a coroutine gets the async
+    one, other code the sync one. A sync ``invoke()`` on a thread that runs an event loop
+    (a notebook) thus still gets the sync hook, and its budget refusal.
+    """
+
+    __slots__ = ("_async", "_sync")
+
+    def __init__(self, sync: Callable[..., None], async_: Callable[..., Any]) -> None:
+        self._sync = sync
+        self._async = async_
+
+    def __get__(self, obj: object, owner: type | None = None) -> Callable[..., Any]:
+        if obj is None:
+            return self._sync
+        if sys._getframe(1).f_code.co_flags & inspect.CO_COROUTINE:
+            return self._async.__get__(obj, owner)  # type: ignore[no-any-return]
+        return self._sync.__get__(obj, owner)  # type: ignore[no-any-return]
 
 
 class FluxGateHandler(BaseCallbackHandler):
@@ -107,20 +106,27 @@ class FluxGateHandler(BaseCallbackHandler):
     **Budgets**: in Django mode with ``enforce_budgets`` (default), the estimated cost is
     reserved before the model is called and settled to the real cost afterwards; a blocking
     budget raises :class:`fluxgate_django.BudgetExceeded` out of ``invoke`` / ``stream`` /
-    the graph, which stops a runaway agent loop. Outside Django nothing is enforced locally.
+    the graph, which stops a runaway agent loop (and an unreachable budget store, when
+    budgets fail closed, :class:`~fluxgate_django.exceptions.BudgetStoreUnavailable`: both
+    are a :class:`~fluxgate_django.exceptions.CallRefused`). Outside Django nothing is
+    enforced locally.
 
-    The handler never raises from a hook except that deliberate ``BudgetExceeded``; LLM
+    **Async runs** (``ainvoke``, ``astream``, async graphs) never wait on the event loop:
+    the start hooks are coroutines there, awaiting the budget check in a worker thread, and
+    the end hooks only hand the event to the recorder.
+
+    The handler never raises from a hook except that deliberate ``CallRefused``; LLM
     errors are recorded as ``ERROR`` events and propagate unchanged. One instance can be
     shared by threads and asyncio tasks; the state of runs in flight is bounded by
     ``max_runs``.
     """
 
-    #: True only so that ``BudgetExceeded`` leaves ``on_chat_model_start``; every other
+    #: True only so that ``CallRefused`` leaves ``on_chat_model_start``; every other
     #: error inside the hooks is caught and logged.
     raise_error = True
-    #: Hooks are cheap and never block on I/O, so they run inline in async runs instead of
-    #: hopping to a thread pool per callback (a budget check, when one applies, does its one
-    #: database round trip in a helper thread).
+    #: Hooks are cheap and never block on I/O, so in async runs they run on the loop instead
+    #: of hopping to a thread pool per callback; the two that may need the database before
+    #: the model is called (the budget check) are awaited coroutines there.
     run_inline = True
 
     def __init__(
@@ -203,7 +209,7 @@ class FluxGateHandler(BaseCallbackHandler):
 
     # -- LLM runs ----------------------------------------------------------------------
 
-    def on_chat_model_start(
+    def _on_chat_model_start(
         self,
         serialized: dict[str, Any] | None,
         messages: list[list[BaseMessage]],
@@ -214,9 +220,26 @@ class FluxGateHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._start(serialized, messages, run_id, parent_run_id, tags, metadata, kwargs, chat=True)
+        start = self._start(serialized, messages, run_id, parent_run_id, tags, metadata, kwargs)
+        if start is not None:
+            self._before_call(start)
 
-    def on_llm_start(
+    async def _aon_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        start = self._start(serialized, messages, run_id, parent_run_id, tags, metadata, kwargs)
+        if start is not None:
+            await self._abefore_call(start)
+
+    def _on_llm_start(
         self,
         serialized: dict[str, Any] | None,
         prompts: list[str],
@@ -227,7 +250,31 @@ class FluxGateHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._start(serialized, prompts, run_id, parent_run_id, tags, metadata, kwargs, chat=False)
+        start = self._start(
+            serialized, prompts, run_id, parent_run_id, tags, metadata, kwargs, chat=False
+        )
+        if start is not None:
+            self._before_call(start)
+
+    async def _aon_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        start = self._start(
+            serialized, prompts, run_id, parent_run_id, tags, metadata, kwargs, chat=False
+        )
+        if start is not None:
+            await self._abefore_call(start)
+
+    on_chat_model_start = _SyncOrAsyncHook(_on_chat_model_start, _aon_chat_model_start)  # type: ignore[assignment]
+    on_llm_start = _SyncOrAsyncHook(_on_llm_start, _aon_llm_start)  # type: ignore[assignment]
 
     def on_llm_new_token(self, token: Any, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._runs.get(run_id)
@@ -269,15 +316,15 @@ class FluxGateHandler(BaseCallbackHandler):
         metadata: dict[str, Any] | None,
         kwargs: dict[str, Any],
         *,
-        chat: bool,
-    ) -> None:
+        chat: bool = True,
+    ) -> _Start | None:
+        """Begin a run (in memory only); None when FluxGate could not."""
         try:
             sink = self._get_sink()
         except Exception:
             logger.exception("FluxGate internal error while starting a LangChain run")
-            return
-        run: LLMRun | None = None
-        params: dict[str, Any] = {}
+            return None
+        start: _Start | None = None
         with sink.guard("starting a LangChain run"):
             md = metadata or {}
             params = kwargs.get("invocation_params") or {}
@@ -291,15 +338,28 @@ class FluxGateHandler(BaseCallbackHandler):
             if sink.stores_content():
                 run.prompt = _prompt_content(prompts, chat)
             self._runs.put(run_id, run)
-        if run is None:
-            return
-        if self.enforce_budgets and sink.enforces_budgets:
-            try:
-                sink.reserve(run, prompts if chat else [prompts], params)
-            except BaseException:
-                self._runs.pop(run_id)  # LangChain reports no end for a run that never began
-                raise
-            run.started = time.perf_counter()  # latency is the model's, not the reservation's
+            start = _Start(sink, run, prompts if chat else [prompts], params)
+        return start
+
+    def _before_call(self, start: _Start) -> None:
+        sink, run = start.sink, start.run
+        try:
+            sink.begin(run, start.messages, start.params, enforce_budgets=self.enforce_budgets)
+        except BaseException:
+            self._runs.pop(run.run_id)  # LangChain reports no end for a run that never began
+            raise
+        run.started = time.perf_counter()  # latency is the model's, not the reservation's
+
+    async def _abefore_call(self, start: _Start) -> None:
+        sink, run = start.sink, start.run
+        try:
+            await sink.abegin(
+                run, start.messages, start.params, enforce_budgets=self.enforce_budgets
+            )
+        except BaseException:
+            self._runs.pop(run.run_id)
+            raise
+        run.started = time.perf_counter()
 
     def _context(
         self, md: Mapping[str, Any], tags: list[str] | None, parent_run_id: UUID | None
@@ -338,17 +398,16 @@ class FluxGateHandler(BaseCallbackHandler):
             try:
                 info, usage, fields = self._outcome(run, response, error, sink)
             except BaseException:
-                if run.guard is not None and not run.guard.released:
-                    from .sinks import run_off_event_loop
-
-                    run_off_event_loop(run.guard.release)
+                sink.release(run)
                 raise
             sink.record(run, info, usage, **fields)
 
     def _outcome(
         self, run: LLMRun, response: Any, error: BaseException | None, sink: Sink
     ) -> tuple[CallInfo, Usage | None, dict[str, Any]]:
-        from fluxgate_django.records import CallInfo
+        """The run's call info, usage and ``make_record`` keywords."""
+        from fluxgate_django.outcomes import end_of_stream
+        from fluxgate_django.records import CallInfo, CostSource
 
         now = time.perf_counter()
         info = CallInfo(
@@ -357,26 +416,21 @@ class FluxGateHandler(BaseCallbackHandler):
             requested_model=run.requested_model,
             streamed=run.first_token_at is not None,
         )
-        extra: dict[str, Any] = {}
         fields: dict[str, Any] = {"latency_ms": (now - run.started) * 1000}
         if run.first_token_at is not None:
             fields["time_to_first_token_ms"] = (run.first_token_at - run.started) * 1000
             fields["stream_duration_ms"] = (now - run.first_token_at) * 1000
         usage = None
+        extra: dict[str, Any] | None = None
         if error is None:
             usage = read_llm_result(response, info)
+            extra = end_of_stream(info, usage, completed=True)
             if usage is None:
-                info.usage_reported = False
                 _warn_usage_missing(info)
         elif isinstance(error, GeneratorExit):
             # The caller stopped reading a stream: recorded once, as the SDK clients do.
-            extra["stream_completed"] = False
             usage = read_llm_result(response, info) if _has_usage(response) else None
-            if usage is None or not info.finish_reason:
-                # Stopped before the provider's final usage: a partial count must not pass
-                # for the call's cost.
-                info.usage_reported = False
-                info.usage_missing_reason = "stream-incomplete"
+            extra = end_of_stream(info, usage, completed=False)
         else:
             if _has_usage(response):
                 usage = read_llm_result(response, info)
@@ -387,8 +441,8 @@ class FluxGateHandler(BaseCallbackHandler):
             # langchain#35509: a streamed ChatAnthropic builds usage from message_delta only;
             # when that carries no input count, input comes out 0. Don't under-charge.
             info.usage_reported = False
-            info.usage_missing_reason = "usage-incomplete"
-            extra["usage_incomplete"] = "input_tokens"
+            info.usage_missing_reason = CostSource.USAGE_INCOMPLETE.value
+            extra = {**(extra or {}), "usage_incomplete": "input_tokens"}
             _warn_input_missing(info)
         if extra:
             fields["extra_metadata"] = extra

@@ -1,4 +1,5 @@
-"""Per-run state keyed by LangChain ``run_id``, in a bounded map.
+"""Per-run state: one :class:`LLMRun` per model call in flight, keyed by LangChain
+``run_id`` in a bounded map.
 
 LangChain calls a handler's hooks from the caller's thread, from a thread pool (sync
 ``batch``) or on an event loop, and a run that is abandoned may never see its end hook.
@@ -11,12 +12,61 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Generic, TypeVar
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
+
+if TYPE_CHECKING:
+    from fluxgate_django.context import TrackingContext
 
 logger = logging.getLogger("fluxgate.langchain")
 
 V = TypeVar("V")
+
+
+class LLMRun:
+    """One chat model (or LLM) call in flight: what its event will be made of."""
+
+    __slots__ = (
+        "ctx",
+        "first_token_at",
+        "operation",
+        "parent_run_id",
+        "prompt",
+        "provider",
+        "requested_model",
+        "reservation",
+        "run_id",
+        "started",
+        "tracking_id",
+    )
+
+    def __init__(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        ctx: TrackingContext,
+        provider: str,
+        requested_model: str,
+        operation: str,
+    ) -> None:
+        self.run_id = run_id
+        self.parent_run_id = parent_run_id
+        self.ctx = ctx
+        self.provider = provider
+        self.requested_model = requested_model
+        self.operation = operation
+        self.tracking_id = uuid.uuid4()
+        #: The budget reservation held for the call (a ``guard.Reservation``), if any.
+        self.reservation: Any = None
+        self.prompt: Any = None
+        self.first_token_at: float | None = None
+        self.started = time.perf_counter()
+
+    def record_fields(self) -> dict[str, Any]:
+        """The ``make_record`` keywords that place the call in its LangChain run tree."""
+        return {"run_id": str(self.run_id), "parent_run_id": str(self.parent_run_id or "")}
 
 
 class RunMap(Generic[V]):

@@ -8,6 +8,14 @@ The choice is made at the first event, not at import, so that a handler created 
   events are priced and recorded by the app's own pipeline, and budgets are enforced;
 * else ``FLUXGATE_URL`` and ``FLUXGATE_API_KEY`` set → :class:`RemoteSink`;
 * else :class:`NullSink`: a warning (once) says events cannot be sent and how to fix it.
+
+Every sink builds its events with the core's one record builder
+(:func:`fluxgate_django.builder.make_record`, Django-free), so an event sent to a remote
+site says exactly what the same event recorded in-process says.
+
+Nothing here waits on an event loop: in async runs the budget check is awaited off the
+loop (:meth:`Sink.abegin`), recording only hands the event to the recorder (or the remote
+sender's queue), and a reservation to free is handed to a helper thread.
 """
 
 from __future__ import annotations
@@ -28,20 +36,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .remote import RemoteSender, get_sender
 
 if TYPE_CHECKING:
-    from fluxgate_django.records import CallInfo, Usage
+    from fluxgate_django.records import CallInfo, EventRecord, Usage
 
-    from .handler import LLMRun
+    from .runs import LLMRun
 
 logger = logging.getLogger("fluxgate.langchain")
 
 T = TypeVar("T")
+
+#: ``EventRecord`` fields that mean something only in the process that made the event.
+_LOCAL_FIELDS = ("budget_reservation", "user_pk", "content")
 
 
 class Sink(abc.ABC):
     """Records finished runs. Subclasses say whether the choice is final for a handler."""
 
     final = True
-    enforces_budgets = False
 
     def stores_content(self) -> bool:
         """Keep prompts and completions on events (``FLUXGATE["STORE_CONTENT"]``)?"""
@@ -55,19 +65,44 @@ class Sink(abc.ABC):
         except Exception:
             logger.exception("FluxGate internal error while %s (the run is unaffected)", what)
 
-    def reserve(self, run: LLMRun, messages: Any, params: dict[str, Any]) -> None:  # noqa: B027
-        """Reserve the run's estimated cost on the budgets that apply (Django only; by
-        default nothing is enforced)."""
+    def begin(  # noqa: B027 - a hook: by default nothing happens before a call
+        self, run: LLMRun, messages: Any, params: dict[str, Any], *, enforce_budgets: bool
+    ) -> None:
+        """Before the model is called (sync runs): reserve the run's estimated cost on the
+        budgets that apply (Django only); raises ``CallRefused`` to stop the call."""
+
+    async def abegin(  # noqa: B027
+        self, run: LLMRun, messages: Any, params: dict[str, Any], *, enforce_budgets: bool
+    ) -> None:
+        """:meth:`begin` for async runs: nothing in it may block the event loop."""
+
+    def release(self, run: LLMRun) -> None:  # noqa: B027
+        """The run ends without an event: free what :meth:`begin` reserved."""
 
     @abc.abstractmethod
     def record(self, run: LLMRun, info: CallInfo, usage: Usage | None, **fields: Any) -> None:
-        """Persist one finished LLM run as an event."""
+        """Persist one finished LLM run as an event (``fields``: ``make_record`` keywords).
+        Never waits for I/O."""
+
+
+def run_record(run: LLMRun, info: CallInfo, usage: Usage | None, **fields: Any) -> EventRecord:
+    """The run's event, made by the core's one record builder."""
+    from fluxgate_django import builder
+    from fluxgate_django.records import Source
+
+    return builder.make_record(
+        info,
+        usage,
+        run.ctx,
+        source=Source.LANGCHAIN,
+        tracking_id=run.tracking_id,
+        **run.record_fields(),
+        **fields,
+    )
 
 
 class DjangoSink(Sink):
     """In-process: the app's pricing, recorder and budgets, exactly as for SDK clients."""
-
-    enforces_budgets = True
 
     def stores_content(self) -> bool:
         from fluxgate_django.conf import fluxgate_settings
@@ -79,66 +114,103 @@ class DjangoSink(Sink):
 
         return capture_internal_exceptions(what)
 
-    def reserve(self, run: LLMRun, messages: Any, params: dict[str, Any]) -> None:
-        from fluxgate_django.budgets import (
-            check_budget,
-            max_output_tokens,
-            might_apply,
-            prompt_chars,
-        )
-        from fluxgate_django.errors import capture_internal_exceptions
-        from fluxgate_django.exceptions import BudgetExceeded
-        from fluxgate_django.records import Source
+    def begin(
+        self, run: LLMRun, messages: Any, params: dict[str, Any], *, enforce_budgets: bool
+    ) -> None:
+        from fluxgate_django import guard
 
-        if not might_apply(run.ctx):  # in memory: no budget can apply, no round trip
+        if not enforce_budgets or not guard.might_apply(run.ctx):  # in memory, no query
             return
-        texts = [[getattr(m, "content", m) for m in batch] for batch in messages or ()]
-        try:
-            run.guard = run_off_event_loop(
-                lambda: check_budget(
+        with _refusals_only("reserving budget"):
+            # Sync code on a thread that runs an event loop (a sync invoke() in a notebook)
+            # may not query the database there: the check goes to a helper thread.
+            run.reservation = run_off_event_loop(
+                lambda: guard.check_budget(
                     run.ctx,
                     run.provider,
                     run.requested_model,
-                    prompt_chars=prompt_chars({"messages": texts}),
-                    max_output_tokens=max_output_tokens(params, run.operation),
-                    source=Source.LANGCHAIN,
-                    operation=run.operation,
-                    record_fields={
-                        "run_id": str(run.run_id),
-                        "parent_run_id": str(run.parent_run_id or ""),
-                    },
+                    **_budget_args(run, messages, params),
                 )
             )
-        except BudgetExceeded:
-            raise  # the one exception a FluxGate hook raises on purpose
-        except Exception:
-            with capture_internal_exceptions("reserving budget"):
-                raise
+
+    async def abegin(
+        self, run: LLMRun, messages: Any, params: dict[str, Any], *, enforce_budgets: bool
+    ) -> None:
+        from fluxgate_django import guard
+
+        if enforce_budgets and guard.might_apply(run.ctx):
+            with _refusals_only("reserving budget"):
+                run.reservation = await guard.acheck_budget(
+                    run.ctx,
+                    run.provider,
+                    run.requested_model,
+                    **_budget_args(run, messages, params),
+                )
+            return
+        with _refusals_only("looking up the run's team"):
+            await guard.aresolve_context(run.ctx)
+
+    def release(self, run: LLMRun) -> None:
+        reservation = run.reservation
+        if reservation is not None and not reservation.released:
+            hand_off(reservation.release)
 
     def record(self, run: LLMRun, info: CallInfo, usage: Usage | None, **fields: Any) -> None:
-        from fluxgate_django.pipeline import build_record, submit
-        from fluxgate_django.records import Source
+        from fluxgate_django.pipeline import submit
 
-        guard = run.guard
+        reservation = run.reservation
+        held = None
+        if reservation is not None and not reservation.released:
+            held = reservation.as_record_field()  # settled by the recorder with the cost
         try:
-            record = build_record(info, usage, run.ctx, source=Source.LANGCHAIN, **fields)
-            record.run_id = str(run.run_id)
-            record.parent_run_id = str(run.parent_run_id or "")
-            if guard is not None:
-                guard.attach(record)  # settled by the recorder with the event's cost
+            record = run_record(run, info, usage, budget_reservation=held, **fields)
         except BaseException:
-            if guard is not None and not guard.released:
-                run_off_event_loop(guard.release)
+            if held is not None:
+                reservation.released = False  # no event will carry it: free it here
+                hand_off(reservation.release)
             raise
-        submit(record)
+        submit(record)  # prices it; the recorder never waits on a loop
+
+
+def _budget_args(run: LLMRun, messages: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """``check_budget`` keywords for a run about to call its model."""
+    from fluxgate_django.estimate import max_output_tokens, prompt_chars
+    from fluxgate_django.records import Source
+
+    texts = [[getattr(m, "content", m) for m in batch] for batch in messages or ()]
+    return {
+        "prompt_chars": prompt_chars({"messages": texts}),
+        "max_output_tokens": max_output_tokens(params, run.operation),
+        "source": Source.LANGCHAIN,
+        "operation": run.operation,
+        "record_fields": run.record_fields(),  # the refused run's place in its graph
+    }
+
+
+@contextlib.contextmanager
+def _refusals_only(what: str) -> Iterator[None]:
+    """Let a deliberate refusal (``CallRefused``: a budget, an unreachable budget store)
+    out of the hook, the one exception a FluxGate hook raises on purpose; any other error
+    is FluxGate's own and is logged (raised with ``RAISE_ERRORS``)."""
+    from fluxgate_django.errors import capture_internal_exceptions
+    from fluxgate_django.exceptions import CallRefused
+
+    try:
+        yield
+    except CallRefused:
+        raise
+    except Exception:
+        with capture_internal_exceptions(what):
+            raise
 
 
 class RemoteSink(Sink):
     """Outside Django: events go, unpriced, to a FluxGate site that prices and stores them.
 
-    Each event is ``EventRecord.to_json()`` plus ``cache_write_1h_tokens`` and
-    ``usage_reported``; ``cost_usd`` is null and ``cost_source`` empty for the site to
-    price it, or ``cost_source`` says why it can't be priced (``usage-missing``...).
+    Each event is ``EventRecord.to_json()`` without the fields that mean something only
+    in-process (``budget_reservation``, ``user_pk``, ``content``), plus ``usage_reported``;
+    ``cost_usd`` is null and ``cost_source`` empty for the site to price it, or
+    ``cost_source`` says why it can't be priced (``usage-missing``...).
     """
 
     def __init__(self, sender: RemoteSender) -> None:
@@ -146,6 +218,21 @@ class RemoteSink(Sink):
 
     def record(self, run: LLMRun, info: CallInfo, usage: Usage | None, **fields: Any) -> None:
         self.sender.send(remote_event(run, info, usage, **fields))
+
+
+def remote_event(run: LLMRun, info: CallInfo, usage: Usage | None, **fields: Any) -> dict[str, Any]:
+    """The JSON the ingest API takes for one run (the site prices it)."""
+    # Aware UTC: the site's own clock settings say nothing about this process's.
+    now = dt.datetime.now(dt.timezone.utc)
+    record = run_record(run, info, usage, created_at=now, **fields)
+    event = record.to_json()
+    for name in _LOCAL_FIELDS:
+        event.pop(name, None)
+    team = record.team
+    if team is not None and not isinstance(team, (str, int)):
+        event["team"] = getattr(team, "slug", None) or event.get("team")  # ids are per site
+    event["usage_reported"] = info.usage_reported
+    return event
 
 
 class NullSink(Sink):
@@ -206,107 +293,55 @@ def django_ready() -> bool:
         return False
 
 
-def remote_event(
-    run: LLMRun,
-    info: CallInfo,
-    usage: Usage | None,
-    *,
-    latency_ms: float | None,
-    time_to_first_token_ms: float | None = None,
-    stream_duration_ms: float | None = None,
-    error: BaseException | None = None,
-    error_type: str = "",
-    extra_metadata: dict[str, Any] | None = None,
-    content: Any = None,
-) -> dict[str, Any]:
-    """The JSON the ingest API takes for one run (the site prices it)."""
-    from fluxgate_django.pipeline import redact_secrets
-    from fluxgate_django.records import EventRecord, Source, Usage
-
-    ctx = run.ctx
-    usage = usage or Usage()
-    if not info.usage_reported:
-        cost_source = info.usage_missing_reason
-    elif error is not None and usage.total_tokens == 0:
-        cost_source = "not-billed"
-    else:
-        cost_source = ""  # priced by the site
-    end_user_id, email = _user_fields(ctx.user)
-    team = ctx.team
-    if team is not None and not isinstance(team, (str, int)):
-        team = getattr(team, "slug", None) or getattr(team, "pk", None)
-    record = EventRecord(
-        tracking_id=run.tracking_id,
-        created_at=dt.datetime.now(dt.timezone.utc),
-        provider=info.provider,
-        model=info.model or info.requested_model,
-        requested_model=info.requested_model,
-        operation=info.operation,
-        status=info.status.value,
-        source=Source.LANGCHAIN.value,
-        team=team,
-        end_user_id=end_user_id,
-        end_user_email=email,
-        session_id=ctx.session_id or "",
-        conversation_id=ctx.conversation_id or "",
-        request_id=ctx.request_id or "",
-        feature=ctx.feature or "",
-        step=ctx.step or "",
-        finish_reason=info.finish_reason,
-        error_type=error_type or (type(error).__name__ if error is not None else ""),
-        error_message=redact_secrets(str(error)[:2000]) if error is not None else "",
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        cost_source=cost_source,
-        latency_ms=latency_ms,
-        time_to_first_token_ms=time_to_first_token_ms,
-        stream_duration_ms=stream_duration_ms,
-        streamed=info.streamed,
-        service_tier=ctx.service_tier or info.service_tier,
-        run_id=str(run.run_id),
-        parent_run_id=str(run.parent_run_id or ""),
-        metadata={**ctx.metadata, **(extra_metadata or {})},
-        tags=list(ctx.tags),
-    )
-    event = record.to_json()
-    event.pop("budget_reservation", None)
-    event.pop("user_pk", None)
-    event.pop("content", None)
-    event["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
-    event["usage_reported"] = info.usage_reported
-    return event
-
-
-def _user_fields(user: Any) -> tuple[str, str]:
-    if user is None:
-        return "", ""
-    if isinstance(user, dict):
-        return str(user.get("id") or ""), str(user.get("email") or "")
-    return str(getattr(user, "pk", user)), str(getattr(user, "email", "") or "")
-
+# -- database work from sync hooks ---------------------------------------------------------
 
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
 
-def run_off_event_loop(func: Callable[[], T]) -> T:
-    """Run ``func`` (database work) here, or — when this thread runs an event loop, where
-    Django forbids database I/O — in a helper thread, waiting for it. Only the budget
-    reservation (one round trip, and only when a budget may apply) goes this way."""
+def _loop_running() -> bool:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return func()
+        return False
+    return True
+
+
+def _helper() -> ThreadPoolExecutor:
     global _executor
     if _executor is None:
         with _executor_lock:
             if _executor is None:
                 _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fluxgate-lc")
+    return _executor
+
+
+def run_off_event_loop(func: Callable[[], T]) -> T:
+    """Run ``func`` (database work) here, or — when sync code runs on a thread that runs an
+    event loop, where Django forbids database I/O — in a helper thread, waiting for it
+    (that sync code blocks its loop anyway). Async runs never come here: they await
+    :func:`fluxgate_django.guard.acheck_budget`."""
+    if not _loop_running():
+        return func()
     ctx = contextvars.copy_context()
-    return _executor.submit(ctx.run, _with_fresh_connection, func).result()
+    return _helper().submit(ctx.run, _with_fresh_connection, func).result()
+
+
+def hand_off(func: Callable[[], object]) -> None:
+    """Run ``func`` (database work nobody waits for) here, or — on a thread that runs an
+    event loop — in a helper thread, without waiting for it."""
+    if not _loop_running():
+        func()
+        return
+    ctx = contextvars.copy_context()
+    future = _helper().submit(ctx.run, _with_fresh_connection, func)
+    future.add_done_callback(_log_failure)
+
+
+def _log_failure(future: Any) -> None:
+    error = future.exception()
+    if error is not None:
+        logger.error("FluxGate: freeing a budget reservation failed", exc_info=error)
 
 
 def _with_fresh_connection(func: Callable[[], T]) -> T:

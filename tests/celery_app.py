@@ -11,7 +11,14 @@ the worker at that exact point:
 
 * ``mid-transaction``: the batch's rows are inserted, its transaction not committed;
 * ``after-commit``: the batch is committed and the task has returned, but the message
-  is not acknowledged yet (``acks_late``).
+  is not acknowledged yet (``acks_late``);
+* ``in-copy``: the batch's ``COPY`` has sent some of its rows; the process waits there
+  until ``<marker file>.go`` exists (the test cuts the connection meanwhile), then sends
+  the rest.
+
+``FLUXGATE_TEST_SHIPPED_SETTINGS=1``: the app applies FluxGate's shipped worker settings
+(``configure_celery(app)``) over tests/settings_celery.py's, which then sets none of its
+tuned ones.
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings_celery")
 
 app = Celery("fluxgate_tests")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+if os.environ.get("FLUXGATE_TEST_SHIPPED_SETTINGS"):
+    # The one line a site adds (README, "Running at scale", Celery): FluxGate's worker settings.
+    from fluxgate_django.celery_support import configure_celery
+
+    configure_celery(app)
 app.autodiscover_tasks()
 
 HOLD_SECONDS = 120
@@ -50,17 +62,18 @@ def _hold_once(marker: str, tracking_ids: list[str]) -> None:
 def _install_hold(spec: str) -> None:
     marker, _, point = spec.rpartition(":")
     if point == "mid-transaction":
-        from fluxgate_django.recording import base
+        from fluxgate_django.recording import rows as event_rows
+        from fluxgate_django.recording import write as base
 
-        insert = base._insert_new  # the workers write to PostgreSQL
+        insert = base.insert_new  # the workers write to PostgreSQL
 
         def insert_then_hold(rows: Any) -> Any:
             inserted = insert(rows)  # inside write_events' transaction
-            at = base._event_rows().columns.index("tracking_id")
+            at = event_rows.event_rows_spec().columns.index("tracking_id")
             _hold_once(marker, [str(row[at]) for row in rows])
             return inserted
 
-        base._insert_new = insert_then_hold
+        base.insert_new = insert_then_hold
     elif point == "after-commit":
 
         @task_postrun.connect(weak=False)
@@ -70,8 +83,36 @@ def _install_hold(spec: str) -> None:
 
                 _hold_once(marker, [str(r.tracking_id) for r in payload_records(args[0])])
 
+    elif point == "in-copy":
+        from fluxgate_django.recording import sql
+
+        copy_row = sql._Inserter.copy_row
+        rows_sent = [0]
+
+        def copy_row_then_wait(self: Any, row: list[Any]) -> list[Any]:
+            rows_sent[0] += 1
+            if rows_sent[0] == 10:
+                _wait_once(marker)
+            return copy_row(self, row)
+
+        sql._Inserter.copy_row = copy_row_then_wait  # type: ignore[method-assign]
     else:
         raise ValueError(f"FLUXGATE_TEST_HOLD_BATCH: unknown point {point!r}")
+
+
+def _wait_once(marker: str) -> None:
+    """The first process to get here writes the marker (its pid) and waits for
+    ``<marker>.go``."""
+    try:
+        os.close(os.open(marker + ".lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    with open(marker + ".tmp", "w") as fh:
+        json.dump({"pid": os.getpid()}, fh)
+    os.rename(marker + ".tmp", marker)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(marker + ".go") and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 if os.environ.get("FLUXGATE_TEST_HOLD_BATCH"):

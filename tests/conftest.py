@@ -72,13 +72,16 @@ def _clear_cache():
     """Rate counters, breakers and blocks live in the cache: start every test clean."""
     from django.core.cache import cache
 
+    from fluxgate_django.api.throttling import forget_counts
     from fluxgate_django.service.routing import forget_local_state
 
     cache.clear()
     forget_local_state()
+    forget_counts()
     yield
     cache.clear()
     forget_local_state()
+    forget_counts()
 
 
 @pytest.fixture(autouse=True)
@@ -96,16 +99,17 @@ def spool_dir(tmp_path, monkeypatch):
     """A private spool (never the shared /tmp one) and fresh per-process recorder caches:
     the pending-spool flag, the drop count, team slugs and budgets. The recording, Celery
     and fault tests use it for every test."""
-    from fluxgate_django import budgets
-    from fluxgate_django.recording import base, spool
+    from fluxgate_django import budgets, teams
+    from fluxgate_django.recording import spool
 
     from .helpers import fluxgate_overrides
 
     path = tmp_path / "spool"
     monkeypatch.setattr(spool, "_pending", None)
     monkeypatch.setattr(spool, "dropped", 0)
-    monkeypatch.setattr(base, "_team_ids", base._TeamIds())
+    teams.forget()
     budgets.clear_cache()
     with fluxgate_overrides(SPOOL_DIR=str(path)):
         yield path
     budgets.clear_cache()
+

@@ -30,16 +30,16 @@ def write_twice_at_once(monkeypatch: Any, records: list[Any]) -> None:
 
     from django.db import connection
 
-    from fluxgate_django.recording import base
+    from fluxgate_django.recording import write as base
 
     together = threading.Barrier(2, timeout=10)
-    insert = base._insert_new
+    insert = base.insert_new
 
     def insert_together(*args: Any, **kwargs: Any) -> Any:
         together.wait()  # both writers have done everything that comes before the INSERT
         return insert(*args, **kwargs)
 
-    monkeypatch.setattr(base, "_insert_new", insert_together)
+    monkeypatch.setattr(base, "insert_new", insert_together)
 
     def write() -> None:
         try:
@@ -52,3 +52,30 @@ def write_twice_at_once(monkeypatch: Any, records: list[Any]) -> None:
         t.start()
     for t in writers:
         t.join(30)
+
+
+_parsed: dict[Any, tuple[float, Any]] = {}
+
+
+def parse_source(path: Any) -> Any:
+    """``ast.parse`` of a source file (parsed once per session while it is unchanged),
+    with the garbage collector held off: CPython 3.11 can raise "AST constructor
+    recursion depth mismatch" when a collection runs finalizers in the middle of a parse
+    (seen after async tests). (Not ``gc.collect()`` first: on a late test's heap that
+    took ~0.5 s a file, a minute per static check.)"""
+    import ast
+    import gc
+
+    mtime = path.stat().st_mtime
+    cached = _parsed.get(path)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        tree = ast.parse(path.read_text(), str(path))
+    finally:
+        if enabled:
+            gc.enable()
+    _parsed[path] = (mtime, tree)
+    return tree

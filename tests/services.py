@@ -1,18 +1,16 @@
-"""Real services for the Celery and fault tests: a Celery worker in its own process, a
-loopback TCP proxy to cut a service off and bring it back, and the checks that skip the
-tests (with the reason) where PostgreSQL or Redis is not there."""
+"""Real services for the Celery and fault tests: a Celery worker in its own process, the
+loopback TCP proxy (:mod:`tests.tcp_proxy`) to cut a service off and bring it back, and
+the checks that skip the tests (with the reason) where PostgreSQL or Redis is not there."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import selectors
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +19,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+
+from tests.tcp_proxy import TcpProxy  # noqa: F401  (imported from here by the fault tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,96 +106,6 @@ def amqp_ready_messages(queue: str) -> int:
 
     with Connection(AMQP_URL, connect_timeout=5) as conn:
         return conn.default_channel.queue_declare(queue, passive=True).message_count
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a service. ``stop()`` is the service going away
-    (open connections cut, new ones refused); ``start()`` brings it back on the same port.
-    """
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = 0
-        self._listener: socket.socket | None = None
-        self._conns: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self._listener is not None
-
-    def start(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(128)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def stop(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-        with self._lock:
-            conns, self._conns = self._conns, set()
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    @contextlib.contextmanager
-    def down(self) -> Iterator[None]:
-        self.stop()
-        try:
-            yield
-        finally:
-            self.start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # stopped
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                if self._listener is not listener:
-                    client.close()
-                    upstream.close()
-                    return
-                self._conns.update((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(a, selectors.EVENT_READ, b)
-        sel.register(b, selectors.EVENT_READ, a)
-        try:
-            while True:
-                for key, _ in sel.select():
-                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
-                    if not data:
-                        return
-                    key.data.sendall(data)
-        except (OSError, ValueError):
-            return
-        finally:
-            sel.close()
-            with self._lock:
-                self._conns.discard(a)
-                self._conns.discard(b)
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.close()
 
 
 def make_app(queue: str, broker_url: str = REDIS_URL) -> Any:
@@ -369,14 +279,22 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
     return bool(predicate())
 
 
-def make_record(**context: Any) -> Any:
+def make_record(*, budget_reservation: Any = None, **context: Any) -> Any:
     """A priced gpt-4o ``EventRecord`` (1000 in, 500 out), as a tracked call makes."""
     from fluxgate_django.context import TrackingContext
-    from fluxgate_django.pipeline import build_record
+    from fluxgate_django.pipeline import make_record, price_record
     from fluxgate_django.records import CallInfo, Usage
 
     info = CallInfo(provider="openai", operation="chat", requested_model="gpt-4o", model="gpt-4o")
-    return build_record(info, Usage(1000, 500), TrackingContext(**context), latency_ms=12.5)
+    return price_record(
+        make_record(
+            info,
+            Usage(1000, 500),
+            TrackingContext(**context),
+            latency_ms=12.5,
+            budget_reservation=budget_reservation,
+        )
+    )
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Settings for the test suite: SQLite by default, PostgreSQL with DATABASE_URL."""
 
 import os
+import tempfile
 
 SECRET_KEY = "fluxgate-tests-not-secret"
 DEBUG = False
@@ -49,7 +50,28 @@ if DATABASE_URL.startswith(("postgres://", "postgresql://")):
     if os.environ.get("TEST_DATABASE_NAME"):  # e.g. to run two suites side by side
         DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}
 else:
-    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+    # A file (not ":memory:", whose shared cache makes a thread that meets another's lock
+    # fail at once): the recorders' writers and the sync recorder's hand-off on an event
+    # loop then wait for SQLite's lock, as on a site, and WAL lets readers overlap a
+    # writer. One file per test run, named in the environment so child processes share it.
+    _SQLITE = os.environ.setdefault(
+        "FLUXGATE_TEST_SQLITE",
+        os.path.join(tempfile.gettempdir(), f"fluxgate-tests-{os.getpid()}.sqlite3"),
+    )
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": _SQLITE,
+            "TEST": {"NAME": _SQLITE},
+            "OPTIONS": {
+                "timeout": 30,
+                # A write transaction takes its lock at BEGIN, so it waits for another
+                # writer instead of failing when it first writes after a read.
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF",
+            },
+        }
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "static/"
@@ -60,4 +82,8 @@ FLUXGATE = {
     "RECORDER": "sync",
     # FluxGate's own bugs fail the tests instead of being logged.
     "RAISE_ERRORS": True,
+    # A spool of this test run's own (never the shared default), for child processes too.
+    "SPOOL_DIR": os.environ.setdefault(
+        "FLUXGATE_TEST_SPOOL", tempfile.mkdtemp(prefix="fluxgate-test-spool-")
+    ),
 }

@@ -11,7 +11,10 @@ variables (see tests/celery_worker.py):
 * ``FLUXGATE_TEST_QUEUE``: a queue of this test run's own, so runs never share tasks;
 * ``FLUXGATE_TEST_REDIS_URL``: the default for both (``redis://127.0.0.1:6379/15``);
 * ``FLUXGATE_TEST_SPOOL_DIR``, ``FAKE_OPENAI_URL``;
-* ``FLUXGATE_TEST_CONN_MAX_AGE``, ``FLUXGATE_TEST_SERVER_SIDE_BINDING`` (bench/ingest.py).
+* ``FLUXGATE_TEST_CONN_MAX_AGE``, ``FLUXGATE_TEST_SERVER_SIDE_BINDING`` (bench/ingest.py);
+* ``FLUXGATE_TEST_SHIPPED_SETTINGS=1``: none of the tuned broker settings below; the
+  worker app applies FluxGate's shipped ones instead (``configure_celery``, see
+  tests/celery_app.py), as a site does.
 """
 
 import os
@@ -44,18 +47,20 @@ CELERY_RESULT_BACKEND = os.environ.get("FLUXGATE_TEST_RESULT_BACKEND", REDIS_URL
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("FLUXGATE_TEST_QUEUE", "fluxgate-tests")
 CELERY_IMPORTS = ["tests.celery_tasks"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# One message at a time per process: nothing waits unacknowledged in a worker's buffer.
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# Redis redelivers a message that was never acknowledged (its worker died) after the
-# visibility timeout; keep it short so the fault tests see redelivery within seconds.
-# (RabbitMQ requeues a dead consumer's messages at once and needs none of this.)
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": 5,
-    "unacked_restore_interval": 1,
-    "unacked_restore_throttle": 1,
-    "unacked_mutex_expire": 10,
-}
-if CELERY_BROKER_URL.startswith("amqp"):
+SHIPPED_SETTINGS = bool(os.environ.get("FLUXGATE_TEST_SHIPPED_SETTINGS"))
+if not SHIPPED_SETTINGS:
+    # One message at a time per process: nothing waits unacknowledged in a worker's buffer.
+    CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+    # Redis redelivers a message that was never acknowledged (its worker died) after the
+    # visibility timeout; keep it short so the fault tests see redelivery within seconds.
+    # (RabbitMQ requeues a dead consumer's messages at once and needs none of this.)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": 5,
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 10,
+    }
+if CELERY_BROKER_URL.startswith("amqp") and not SHIPPED_SETTINGS:
     # RabbitMQ acknowledges deliveries itself; publisher confirms make a publish it never
     # got an error rather than a silent loss.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}

@@ -205,6 +205,7 @@ def test_revoke_action(admin_client: Client, team: Team) -> None:
     )
     earlier = timezone.now() - dt.timedelta(days=1)
     ApiKey.objects.filter(pk=k3.pk).update(revoked_at=earlier)
+    assert ApiKey.objects.get_from_secret(s1) == k1  # found, and kept by this process
 
     response = admin_client.post(
         url("apikey_changelist"),

@@ -4,6 +4,7 @@ validation, throttling, budgets) and the filtered, paginated list."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -13,7 +14,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from fluxgate_django.budgets import window_start
-from fluxgate_django.models import Event
+from fluxgate_django.models import ApiKey, Event
 from fluxgate_django.records import EventRecord, Source
 from tests.api_helpers import (
     API,
@@ -23,6 +24,7 @@ from tests.api_helpers import (
     make_world,
     post_json,
 )
+from tests.helpers import fluxgate_overrides
 
 pytestmark = pytest.mark.django_db
 
@@ -251,6 +253,62 @@ def test_last_used_is_written_at_most_once_a_minute(api, w, django_assert_max_nu
     assert w.key_a.last_used_at == first
 
 
+def test_a_key_costs_no_query_once_found_and_a_revoked_one_is_refused(
+    w, django_assert_num_queries
+):
+    """API keys found are kept by the process (``API_KEY_CACHE_SECONDS``): a request
+    with a known key makes no query for it. A key revoked in this process is refused at
+    once; one revoked elsewhere (an UPDATE this process gets no signal of) once the time
+    has passed."""
+    api_a, api_b = w.client("key_a"), w.client("key_b")
+    with fluxgate_overrides(API_KEY_CACHE_SECONDS=0.3):
+        assert api_a.get(EVENTS).status_code == 200
+        assert api_b.get(EVENTS).status_code == 200
+        with django_assert_num_queries(1):  # the page of events; none for the key
+            assert api_a.get(EVENTS).status_code == 200
+        ApiKey.objects.filter(pk=w.key_b.pk).update(revoked_at=timezone.now())
+        assert api_b.get(EVENTS).status_code == 200  # another process's revoke: not seen yet
+        time.sleep(0.35)
+        assert api_b.get(EVENTS).status_code == 401
+        assert api_a.get(EVENTS).status_code == 200
+        w.key_a.revoke()
+        assert api_a.get(EVENTS).status_code == 401
+    with fluxgate_overrides(API_KEY_CACHE_SECONDS=0):
+        key, secret = ApiKey.objects.create_key(team=w.team_a, name="uncached")
+        assert ApiKey.objects.get_from_secret(secret) == key
+        ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+        assert ApiKey.objects.get_from_secret(secret) is None
+
+
+def test_another_process_requests_count_within_the_sync_interval(w, monkeypatch):
+    """Each process adds its requests to the shared counters at most every SYNC_SECONDS
+    and reads the other processes' then: requests another process made (its counter
+    increments in the shared cache) are counted from this process's next sync on."""
+    from django.core.cache import cache
+
+    from fluxgate_django.api import throttling
+    from fluxgate_django.api.throttling import IngestRateThrottle
+
+    clock = [6000.0]
+    monkeypatch.setattr(IngestRateThrottle, "timer", lambda self: clock[0])
+    api = w.client("key_a")
+
+    def status_at(moment: float) -> int:
+        clock[0] = moment
+        return post_json(api, EVENTS, event_payload()).status_code
+
+    rates = {"DEFAULT_THROTTLE_RATES": {"fluxgate_ingest": "3/min"}}
+    with override_settings(REST_FRAMEWORK=rates):
+        assert status_at(6000.0) == 202  # synced: the shared count is 1
+        shared = f"throttle_fluxgate_ingest_key{w.key_a.pk}:100"
+        assert cache.get(shared) == 1
+        cache.incr(shared, 2)  # another process's two requests, synced
+        assert status_at(6000.01) == 202  # within the interval: not seen yet
+        assert status_at(6000.01 + throttling.SYNC_SECONDS) == 429  # seen: 1 + 1 + 2 + 1
+        assert cache.get(shared) == 5  # this process's requests were added too
+    assert Event.objects.count() == 2
+
+
 def test_ingest_is_rate_limited_per_key(w):
     rates = {"DEFAULT_THROTTLE_RATES": {"fluxgate_ingest": "2/min"}}
     with override_settings(REST_FRAMEWORK=rates):
@@ -371,3 +429,25 @@ def test_list_never_returns_content(api, w):
     make_event(w.team_a, content={"prompt": "secret prompt"})
     (event,) = api.get(EVENTS).json()["results"]
     assert "content" not in event
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ingest_goes_through_the_site_recorder_and_charges_budgets(w):
+    """With the thread recorder, ingested events are written by its writer, like every
+    other event, and their cost settles on the budgets in the same transaction."""
+    import fluxgate_django
+    from fluxgate_django.recording import get_recorder
+    from fluxgate_django.recording.thread import ThreadRecorder
+    from tests.helpers import fluxgate_overrides
+
+    budget = make_budget(w.team_a, period="day", limit_usd=Decimal("1"))
+    api = w.client("key_a")
+    with fluxgate_overrides(RECORDER="thread", FLUSH_INTERVAL=60, BATCH_SIZE=1000):
+        assert isinstance(get_recorder(), ThreadRecorder)
+        events = [event_payload(cost_usd="0.01") for _ in range(5)]
+        response = post_json(api, EVENTS, {"events": events})
+        assert response.status_code == 202
+        assert fluxgate_django.flush(timeout=10)
+        assert Event.objects.filter(team=w.team_a).count() == 5
+        counter = budget.counters.get(window_start=window_start("day"))
+        assert (counter.spent, counter.reserved_units) == (Decimal("0.05"), 0)

@@ -51,6 +51,7 @@ def admin(w):
         ({"webhook_url": "not a url"}, "webhook_url", "valid URL"),
         ({"team": "nope"}, "team", "does not exist"),
         ({"team": None}, "team", "may not be null"),
+        ({"team": "a\x00"}, "team", "Null characters"),  # PostgreSQL can't compare it
     ],
 )
 def test_budget_validation(admin, fields, field, message):
@@ -170,7 +171,8 @@ def test_revoked_keys_stop_working(admin, w):
 @pytest.mark.parametrize(
     ("body", "field"),
     [({"team": "a"}, "name"), ({"team": "a", "name": ""}, "name"),
-     ({"team": "a", "name": "n" * 101}, "name"), ({"name": "x"}, "team")],
+     ({"team": "a", "name": "n" * 101}, "name"), ({"name": "x"}, "team"),
+     ({"team": "\x00", "name": "x"}, "team")],
 )  # fmt: skip
 def test_api_key_validation(admin, body, field):
     response = post_json(admin, f"{API}api-keys/", body)

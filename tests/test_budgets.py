@@ -15,7 +15,14 @@ from django.core.management import call_command
 from django.db import OperationalError
 from django.test import override_settings
 
-from fluxgate_django import BudgetExceeded, track_anthropic, track_openai, tracking_context
+from fluxgate_django import (
+    BudgetExceeded,
+    ledger,
+    periods,
+    track_anthropic,
+    track_openai,
+    tracking_context,
+)
 from fluxgate_django import budgets as budgets_module
 from fluxgate_django.alerts import wait_for_notifications
 from fluxgate_django.exceptions import BudgetStoreUnavailable
@@ -146,7 +153,7 @@ def test_day_and_month_windows_roll_over_in_the_site_time_zone(client, fake, tea
     utc = dt.timezone.utc
 
     def at(moment):
-        monkeypatch.setattr(budgets_module.timezone, "now", lambda: moment)
+        monkeypatch.setattr(periods.timezone, "now", lambda: moment)
 
     with override_settings(TIME_ZONE="America/New_York"), tracking_context(team="search"):
         at(dt.datetime(2026, 3, 31, 3, 30, tzinfo=utc))  # 23:30 on March 30th in New York
@@ -206,7 +213,7 @@ def test_budget_store_down_blocks_by_default_and_allows_when_fail_open(
     def unreachable(ids, units):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(budgets_module, "_reserve", unreachable)
+    monkeypatch.setattr(ledger, "reserve", unreachable)
     with tracking_context(team="search"), pytest.raises(BudgetStoreUnavailable, match="FAIL_OPEN"):
         client.chat.completions.create(model="gpt-4o", messages=MSGS)
     assert fake.request_count == 0
@@ -376,3 +383,49 @@ def test_runaway_detection_takes_any_feature_name(client, fake, team):
     wait_for_notifications()
     # Stored as events store it: cut to the column's 100 characters.
     assert SpendAnomaly.objects.filter(team=team, feature=feature[:100]).exists()
+
+
+@pytest.mark.django_db(transaction=True)  # the thread recorder's writer commits for real
+@pytest.mark.parametrize("in_event_loop", [False, True], ids=["sync", "async"])
+def test_spend_is_current_at_the_end_of_each_call_whatever_the_recorder(
+    openai_client, async_openai_client, fake, team, in_event_loop
+):
+    """Settlement does not wait for the recorder: with the thread recorder holding every
+    event (nothing flushed), each call's real cost is on the counter when the next call
+    reserves, and writing the events later does not settle them twice."""
+    import fluxgate_django
+    from tests.helpers import fluxgate_overrides
+
+    budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("1"))
+    fake.default_reply = CALL
+    costs = []
+    with fluxgate_overrides(RECORDER="thread", FLUSH_INTERVAL=60, BATCH_SIZE=1000):
+        if in_event_loop:
+            client = track_openai(async_openai_client)
+
+            async def calls():
+                with tracking_context(team="search"):
+                    for _ in range(3):
+                        resp = await client.chat.completions.create(
+                            model="gpt-4o", messages=MSGS, max_tokens=100
+                        )
+                        costs.append(resp.fluxgate.cost)
+
+            asyncio.run(calls())
+            ledger.settler.wait()
+        else:
+            client = track_openai(openai_client)
+            with tracking_context(team="search"):
+                for _ in range(3):
+                    resp = client.chat.completions.create(
+                        model="gpt-4o", messages=MSGS, max_tokens=100
+                    )
+                    costs.append(resp.fluxgate.cost)
+                    assert spent(budget) == sum(costs)  # before the event is written
+        assert Event.objects.count() == 0  # the recorder has written nothing yet
+        counter = budget.counters.get()
+        assert (counter.spent, counter.reserved_units) == (3 * CALL_COST, 0)
+        assert fluxgate_django.flush(timeout=10)
+    counter.refresh_from_db()
+    assert (counter.spent, counter.reserved_units) == (3 * CALL_COST, 0)
+    assert Event.objects.filter(team=team).total_cost() == 3 * CALL_COST

@@ -23,11 +23,17 @@ from django.utils import timezone
 
 import fluxgate_django
 from fluxgate_django import tracking_context
-from fluxgate_django.celery_support import beat_schedule, context_from_header, context_to_header
+from fluxgate_django.celery_support import (
+    RECORD_EVENTS_TIME_LIMIT,
+    beat_schedule,
+    context_from_header,
+    context_to_header,
+    visibility_timeout_for,
+)
 from fluxgate_django.context import EMPTY_CONTEXT
 from fluxgate_django.models import Budget, Event, SpendCounter, Team, TeamMembership
-from fluxgate_django.recording import base
 from fluxgate_django.recording import celery as celery_recorder
+from fluxgate_django.recording import write as base
 from fluxgate_django.records import pack_records
 from fluxgate_django.testing import DEFAULT_TEXT
 from tests import services
@@ -63,7 +69,13 @@ class FakeTask:
 
 
 def fake_app(task: FakeTask) -> Any:
-    return types.SimpleNamespace(main="site", fixups=set(), tasks={"fluxgate.record_events": task})
+    """A stand-in Celery app: the recorder publishes by name (``send_task``)."""
+
+    def send_task(name: str, args: list[Any], **options: Any) -> None:
+        assert name == "fluxgate.record_events"
+        task.apply_async(args, **options)
+
+    return types.SimpleNamespace(main="site", fixups=set(), send_task=send_task)
 
 
 @pytest.fixture
@@ -112,9 +124,7 @@ def test_the_task_writes_a_batch_once_and_settles_its_budget_once(django_user_mo
             prompt_chars=40,
             max_output_tokens=50,
         )
-        record = make_record(team="search")
-        guard.attach(record)
-        records.append(record)
+        records.append(make_record(team="search", budget_reservation=guard.as_record_field()))
     payload = pack_records(records) if packed else [r.to_json() for r in records]
 
     assert record_events.run(payload) == 3
@@ -135,7 +145,7 @@ def test_the_task_retries_while_the_database_is_unreachable(monkeypatch, spool_d
     payload = [make_record().to_json()]
     # autoretry_for: the batch stays in the broker and is retried (not spooled on the
     # worker's disk, which may be gone by the time the database is back).
-    assert OperationalError in record_events.autoretry_for
+    assert issubclass(OperationalError, record_events.autoretry_for)
     assert record_events.acks_late and record_events.reject_on_worker_lost
     assert record_events.ignore_result  # no result-backend write per batch
     with database_refused(monkeypatch), pytest.raises(OperationalError):
@@ -211,6 +221,161 @@ def test_without_a_celery_app_batches_are_written_not_sent_to_a_default_broker(
 
     assert set(Event.objects.values_list("tracking_id", flat=True)) == ids
     assert any("no configured Celery app" in r.getMessage() for r in caplog.records)
+
+
+@needs_shared_db
+def test_the_task_retries_on_psycopgs_own_errors_and_keeps_a_bug_in_the_spool(
+    monkeypatch, spool_dir
+):
+    """``COPY`` raises psycopg's errors as they are (no Django ``DatabaseError``): the task
+    must retry them too, not fail and be acknowledged. A bug is no database error: the
+    batch is kept in the worker's spool before the task fails."""
+    import psycopg
+
+    from fluxgate_django import tasks
+
+    records = [make_record() for _ in range(3)]
+    assert psycopg.Error in tasks.record_events.autoretry_for
+    assert tasks.record_events.acks_on_timeout is False  # a killed batch goes back
+
+    def cut(records, **kwargs):
+        assert kwargs["spool_on_error"] is False
+        raise psycopg.OperationalError("consuming input failed: server closed the connection")
+
+    monkeypatch.setattr(tasks, "write_events", cut)
+    with pytest.raises(psycopg.OperationalError):
+        tasks.record_events.run(pack_records(records))
+    assert not list(spool_dir.glob("*.jsonl"))  # it waits in the broker, retried
+
+    def bug(records, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(tasks, "write_events", bug)
+    with pytest.raises(RuntimeError):
+        tasks.record_events.run(pack_records(records))
+    spooled = [json.loads(line)["tracking_id"] for f in spool_dir.glob("*.jsonl")
+               for line in f.read_text().splitlines()]  # fmt: skip
+    assert spooled == [str(r.tracking_id) for r in records]
+
+
+def test_uuid_user_keys_travel_in_the_payload(monkeypatch):
+    """A UUID primary key (a custom user model) can't go into JSON as it is: it travels
+    as text and is a UUID again in the worker; int keys stay ints."""
+    from django.db import models
+
+    uuid_pk = uuid.uuid4()
+    records = [make_record(user={"id": "u", "pk": uuid_pk}), make_record(), make_record()]
+    records[2] = __import__("dataclasses").replace(records[2], user_pk=7)
+    payload = celery_recorder.pack_payload(records)
+    wire = json.loads(json.dumps(payload))  # through the broker's serializer
+
+    uuid_users = types.SimpleNamespace(_meta=types.SimpleNamespace(pk=models.UUIDField()))
+    monkeypatch.setattr("django.contrib.auth.get_user_model", lambda: uuid_users)
+    back = celery_recorder.payload_records(wire)
+    assert [r.user_pk for r in back] == [uuid_pk, None, 7]
+    assert [r.tracking_id for r in back] == [r.tracking_id for r in records]
+    legacy = celery_recorder.payload_records([r.to_json() for r in records])  # older payloads
+    assert legacy[0].user_pk == uuid_pk
+
+
+# -- the worker settings FluxGate ships, and the check of a site's -----------------------------
+
+
+def test_shipped_settings_match_the_visibility_timeout_to_the_time_limit():
+    from fluxgate_django.celery_support import (
+        RETRY_BACKOFF_MAX,
+        celery_settings,
+        visibility_timeout_for,
+    )
+    from fluxgate_django.tasks import record_events
+
+    conf = celery_settings(broker_url="redis://127.0.0.1:6379/0")
+    limit = conf["task_annotations"]["fluxgate.record_events"]["time_limit"]
+    assert limit == record_events.time_limit
+    assert (conf["task_acks_late"], conf["task_reject_on_worker_lost"]) == (True, True)
+    assert conf["worker_prefetch_multiplier"] == 1
+    options = conf["broker_transport_options"]
+    # Longer than a live worker holds a batch (a retry's wait, then a run to the time
+    # limit), and far below Redis' default hour; the sweep that restores runs every second.
+    assert limit + RETRY_BACKOFF_MAX < options["visibility_timeout"] <= 30
+    assert options["visibility_timeout"] == visibility_timeout_for(limit)
+    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] == 1
+    assert record_events.retry_backoff_max == RETRY_BACKOFF_MAX
+
+    slow = celery_settings(time_limit=60, broker_url="rediss://cache:6380/1")
+    assert slow["broker_transport_options"]["visibility_timeout"] == visibility_timeout_for(60)
+    rabbit = celery_settings(broker_url="amqp://guest@rabbit//", namespace="CELERY")
+    assert rabbit["CELERY_BROKER_TRANSPORT_OPTIONS"] == {"confirm_publish": True}
+    assert rabbit["CELERY_TASK_ACKS_LATE"] is True
+
+
+def test_configure_celery_merges_into_the_sites_own_settings():
+    from celery import Celery
+
+    from fluxgate_django.celery_support import configure_celery, visibility_timeout_for
+
+    app = Celery("site", set_as_current=False)
+    try:
+        app.conf.update(
+            broker_url="sentinel://10.0.0.1:26379",
+            broker_transport_options={"master_name": "mymaster", "visibility_timeout": 3600},
+            task_annotations={"fluxgate.record_events": {"rate_limit": "10/s"}, "*": {"x": 1}},
+        )
+        configure_celery(app, time_limit=12)
+        import fluxgate_django.tasks  # noqa: F401  (registers the shared tasks)
+
+        assert app.conf.broker_transport_options["master_name"] == "mymaster"  # kept
+        assert app.conf.broker_transport_options["visibility_timeout"] == (
+            visibility_timeout_for(12)
+        )
+        assert app.conf.task_annotations["*"] == {"x": 1}
+        task = app.tasks["fluxgate.record_events"]
+        assert (task.time_limit, task.rate_limit, task.acks_late) == (12.0, "10/s", True)
+    finally:
+        app.close()
+
+
+def celery_messages(monkeypatch: Any, **conf: Any) -> list[Any]:
+    """The fluxgate.W00x messages for a site whose Celery app has ``conf``."""
+    from celery import Celery
+    from django.core.checks import run_checks
+
+    app = Celery("site", set_as_current=False)
+    app.conf.update(conf)
+    try:
+        with fluxgate_overrides(RECORDER="celery", CELERY_APP=app):
+            return [m for m in run_checks() if m.id in ("fluxgate.W002", "fluxgate.W003")]
+    finally:
+        app.close()
+
+
+def test_the_check_warns_when_a_killed_workers_batch_would_wait_for_long(monkeypatch):
+    from fluxgate_django.celery_support import celery_settings
+
+    redis = "redis://127.0.0.1:6379/0"
+    (default,) = celery_messages(monkeypatch, broker_url=redis)
+    assert default.id == "fluxgate.W002"
+    assert "3700 s" in default.msg and "default, 1 hour" in default.msg
+    assert "configure_celery" in default.hint
+    (long,) = celery_messages(
+        monkeypatch, broker_url=redis, broker_transport_options={"visibility_timeout": 600}
+    )
+    assert "700 s" in long.msg
+    assert celery_messages(monkeypatch, **celery_settings(broker_url=redis)) == []
+    assert celery_messages(monkeypatch, broker_url="amqp://guest@127.0.0.1//") == []
+
+    (off,) = celery_messages(
+        monkeypatch,
+        **{
+            **celery_settings(broker_url=redis),
+            "task_annotations": {"fluxgate.record_events": {"acks_late": False}},
+        },
+    )
+    assert off.id == "fluxgate.W003" and "acks_late" in off.msg
+    with fluxgate_overrides(RECORDER="thread"):
+        from django.core.checks import run_checks
+
+        assert not [m for m in run_checks() if m.id in ("fluxgate.W002", "fluxgate.W003")]
 
 
 # -- periodic tasks ----------------------------------------------------------------------------
@@ -308,6 +473,22 @@ def test_context_header_round_trip(django_user_model):
         ("x",),
     )
     assert back.openrouter_cost == Decimal("0.5")
+
+
+def test_a_uuid_user_key_in_the_context_header_is_plain_json(monkeypatch):
+    """Task headers must be encodable by every transport (RabbitMQ's AMQP headers take no
+    UUID): a UUID user key goes as text and is a UUID again in the worker."""
+    from django.db import models
+
+    pk = uuid.uuid4()
+    user = types.SimpleNamespace(pk=pk, email="ann@example.com", _meta=object())
+    uuid_users = types.SimpleNamespace(_meta=types.SimpleNamespace(pk=models.UUIDField()))
+    for value in (user, {"id": str(pk), "pk": pk, "email": "ann@example.com"}):
+        header = context_to_header(EMPTY_CONTEXT.merge(user=value, feature="f"))
+        assert json.loads(json.dumps(header))["user"]["pk"] == str(pk)  # strict JSON
+        with monkeypatch.context() as m:
+            m.setattr("django.contrib.auth.get_user_model", lambda: uuid_users)
+            assert context_from_header(json.loads(json.dumps(header))).user["pk"] == pk
 
 
 # -- a real worker -----------------------------------------------------------------------------
@@ -448,6 +629,7 @@ def test_the_testproject_celery_app_is_configured_from_its_settings():
         "t = threading.Thread(target=lambda: found.append(site_celery_app() is app));"
         "t.start(); t.join();"
         "print(json.dumps({'broker': app.conf.broker_url,"
+        " 'visibility': app.conf.broker_transport_options.get('visibility_timeout'),"
         " 'beat': sorted(e['task'] for e in app.conf.beat_schedule.values()),"
         " 'tasks': sorted(t for t in app.tasks if t.startswith('fluxgate.')),"
         " 'recorder_app': found[0]}))"
@@ -465,6 +647,7 @@ def test_the_testproject_celery_app_is_configured_from_its_settings():
     assert result.returncode == 0, result.stderr
     conf = json.loads(result.stdout.strip().splitlines()[-1])
     assert conf["broker"] == "redis://cache.invalid:6379/3"
+    assert conf["visibility"] == visibility_timeout_for(RECORD_EVENTS_TIME_LIMIT)  # shipped
     assert conf["beat"] == [
         "fluxgate.apply_retention",
         "fluxgate.check_budgets",
@@ -472,3 +655,79 @@ def test_the_testproject_celery_app_is_configured_from_its_settings():
     ]
     assert "fluxgate.record_events" in conf["tasks"]
     assert conf["recorder_app"] is True
+
+
+def test_without_a_celery_app_the_check_reads_the_django_settings(monkeypatch):
+    from django.core.checks import run_checks
+    from django.test import override_settings
+
+    def no_app() -> None:
+        raise ImportError("no such app")
+
+    monkeypatch.setattr("fluxgate_django.checks_celery.site_celery_app", no_app)
+    redis = {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"}
+    with fluxgate_overrides(RECORDER="celery"):
+        with override_settings(**redis):
+            assert [m.id for m in run_checks() if m.id == "fluxgate.W002"] == ["fluxgate.W002"]
+        options = {"visibility_timeout": 17, "unacked_restore_interval": 1}
+        with override_settings(**redis, CELERY_BROKER_TRANSPORT_OPTIONS=options):
+            assert not [m for m in run_checks() if m.id == "fluxgate.W002"]  # 17 + 10 s
+
+
+@pytest.fixture
+def uuid_users_database(django_db_setup):
+    """A database of its own, migrated with a UUID-pk user model (tests/uuid_users); the
+    suite's own keeps Django's user model."""
+    services.require_services()
+    import psycopg
+
+    base, _, name = services.database_url().rpartition("/")
+    name = f"{name}_uuid_users"[:63]
+    admin = psycopg.connect(f"{base}/postgres", autocommit=True)
+    try:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"{base}/{name}"
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
+
+
+def test_a_uuid_pk_users_events_are_stored_through_a_worker(
+    uuid_users_database, fake_provider, tmp_path
+):
+    """A site whose user model has a UUID primary key, recording through Celery: the
+    logged-in user's events are stored with their user (they were all dropped: a UUID
+    can't go into the task's JSON)."""
+    root = Path(__file__).resolve().parent.parent
+    queue = new_queue()
+    env = {
+        "DJANGO_SETTINGS_MODULE": "tests.settings_celery_uuid",
+        "FLUXGATE_TEST_DATABASE_URL": uuid_users_database,
+        "FLUXGATE_TEST_BROKER_URL": services.REDIS_URL,
+        "FAKE_OPENAI_URL": fake_provider.openai_base_url,
+        "FLUXGATE_TEST_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    site_env = {**os.environ, **env, "FLUXGATE_TEST_QUEUE": queue, "PYTHONPATH": str(root)}
+    migrate = subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "-v0"],
+        cwd=root, env=site_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert migrate.returncode == 0, migrate.stderr
+    app = make_app(queue)
+    worker = Worker(queue, env, tmp_path, concurrency=1)
+    try:
+        worker.wait_ready(app)
+        site = subprocess.run(
+            [sys.executable, "-m", "tests.uuid_users.drive"],
+            cwd=root, env=site_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert site.returncode == 0, f"{site.stderr}\n{worker.log()}"
+        out = json.loads(site.stdout.strip().splitlines()[-1])
+        assert set(out["stored"]) == set(out["sent"]), worker.log()
+        assert set(out["stored"].values()) == {out["user"]}  # each with its UUID user
+        uuid.UUID(out["user"])
+    finally:
+        worker.stop()
+        services.purge(queue)
+        services.close_app(app)

@@ -44,7 +44,7 @@ from fluxgate_django.budgets import check_budget
 from fluxgate_django.context import TrackingContext
 from fluxgate_django.models import Budget, Event, SpendCounter, Team, UsageRollup, to_units
 from fluxgate_django.pricing import calculate_cost
-from fluxgate_django.recording import spool, write_events
+from fluxgate_django.recording import private, spool, write_events
 from fluxgate_django.recording.celery import CeleryRecorder
 from fluxgate_django.records import Usage
 from fluxgate_django.testing import DEFAULT_TEXT
@@ -78,9 +78,7 @@ def reserved_record(team: str, **fields: Any) -> Any:
         TrackingContext(team=team), "openai", "gpt-4o", prompt_chars=40, max_output_tokens=500
     )
     assert guard is not None
-    record = make_record(team=team, **fields)
-    guard.attach(record)
-    return record
+    return make_record(team=team, budget_reservation=guard.as_record_field(), **fields)
 
 
 # -- the spool ---------------------------------------------------------------------------------
@@ -88,7 +86,7 @@ def reserved_record(team: str, **fields: Any) -> Any:
 
 def test_the_spool_is_bounded_and_every_drop_is_logged_and_counted(spool_dir, caplog):
     records = [make_record() for _ in range(10)]
-    line = len(json.dumps(records[0].to_json(compact=True), separators=(",", ":"))) + 1
+    line = len(private.encode(records[0]).encode())  # (the same size for each of them)
     with fluxgate_overrides(SPOOL_DIR=str(spool_dir), SPOOL_MAX_BYTES=int(line * 6.5)):
         assert spool.append(records[:4]) == 4
         assert spool.append(records[4:]) == 2  # room for two more lines, not three
@@ -112,14 +110,18 @@ def test_the_replay_command_writes_the_spool_and_fails_while_the_database_is_dow
     records = [make_record(feature="spooled") for _ in range(3)]
     spool.append(records)
 
-    with database_refused(monkeypatch), pytest.raises(CommandError, match="still in"):
-        call_command("fluxgate_replay_spool", stdout=open(os.devnull, "w"))  # noqa: SIM115
+    out: list[str] = []
+    stdout = types.SimpleNamespace(write=out.append)
+    with database_refused(monkeypatch), pytest.raises(CommandError) as failed:
+        call_command("fluxgate_replay_spool", stdout=stdout)
+    assert "0 events written, 0 lines rejected, 3 events still pending" in "".join(out)
+    assert "the database failed: OperationalError: could not connect" in str(failed.value)
     assert spooled_lines(spool_dir) == 3  # nothing lost while the database is down
     assert Event.objects.count() == 0
 
-    out = []
-    call_command("fluxgate_replay_spool", stdout=types.SimpleNamespace(write=out.append))
-    assert "Replayed 3 spooled events" in "".join(out)
+    out.clear()
+    call_command("fluxgate_replay_spool", stdout=stdout)
+    assert "3 events written, 0 lines rejected, 0 events still pending" in "".join(out)
     assert set(Event.objects.values_list("tracking_id", flat=True)) == {
         r.tracking_id for r in records
     }
@@ -139,7 +141,7 @@ def test_replayed_events_settle_their_budget_reservations_once(spool_dir, monkey
         assert write_events(records) == 0  # the database is down: spooled, with reservations
     spool_file = next(spool_dir.glob("events-*.jsonl"))
     content = spool_file.read_text()
-    assert all(json.loads(line)["budget_reservation"] for line in content.splitlines())
+    assert all(private.decode(line).budget_reservation for line in content.splitlines())
 
     assert spool.replay(write_events) == 3
     counter.refresh_from_db()
@@ -154,7 +156,8 @@ def test_replayed_events_settle_their_budget_reservations_once(spool_dir, monkey
 
 
 def test_a_replay_that_hits_a_bug_gives_the_file_back(spool_dir):
-    spool.append([make_record() for _ in range(2)])
+    records = [make_record() for _ in range(2)]
+    spool.append(records)
 
     def buggy(records, **kwargs):
         raise RuntimeError("bug")
@@ -163,19 +166,17 @@ def test_a_replay_that_hits_a_bug_gives_the_file_back(spool_dir):
         spool.replay(buggy)
     assert spooled_lines(spool_dir) == 2
     assert not list(spool_dir.glob("replaying-*"))
+    lines = [line for f in spool_dir.glob("events-*.jsonl") for line in f.read_text().splitlines()]
+    assert [private.decode(line) for line in lines] == records  # still readable, MAC and all
 
 
 # -- a recorder bug never reaches the caller ----------------------------------------------------
 
 
 @needs_shared_db
-@pytest.mark.parametrize("where", ["record", "build_record", "pack_records"])
+@pytest.mark.parametrize("where", ["record", "make_record", "pack_records"])
 def test_a_recorder_bug_never_reaches_the_llm_call(openai_client, fake, monkeypatch, caplog, where):
-    class Task:
-        def apply_async(self, args, **options):
-            pass
-
-    app = types.SimpleNamespace(main="site", fixups=set(), tasks={"fluxgate.record_events": Task()})
+    app = types.SimpleNamespace(main="site", fixups=set(), send_task=lambda name, args, **o: None)
 
     def bug(*args, **kwargs):
         raise RuntimeError(f"recorder bug in {where}")
@@ -185,8 +186,8 @@ def test_a_recorder_bug_never_reaches_the_llm_call(openai_client, fake, monkeypa
     with fluxgate_overrides(**celery, RAISE_ERRORS=False):
         if where == "record":
             monkeypatch.setattr(CeleryRecorder, "record", bug)
-        elif where == "build_record":
-            monkeypatch.setattr("fluxgate_django.tracking.core.build_record", bug)
+        elif where == "make_record":
+            monkeypatch.setattr("fluxgate_django.tracking.core.make_record", bug)
         else:  # in the writer thread, while building the task's payload
             monkeypatch.setattr("fluxgate_django.recording.celery.pack_records", bug)
         response = client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)

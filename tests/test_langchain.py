@@ -481,6 +481,7 @@ def test_async_ainvoke_abatch_astream(fake):
         await anthropic_llm.ainvoke("s", config={"callbacks": [handler]})
 
     asyncio.run(scenario())
+    fluxgate_django.flush()  # on a loop, the sync recorder writes in a helper thread
     events = list(Event.objects.filter(source="langchain"))
     assert len(events) == 12
     assert {e.session_id for e in events if e.session_id} == {f"s{i}" for i in range(6)}
@@ -509,6 +510,7 @@ def test_async_error_and_early_break(fake):
         await stream.aclose()
 
     asyncio.run(scenario())
+    fluxgate_django.flush()  # on a loop, the sync recorder writes in a helper thread
     events = {e.status: e for e in Event.objects.filter(source="langchain")}
     assert set(events) == {"ERROR", "SUCCESS"}
     assert events["SUCCESS"].metadata["stream_completed"] is False
@@ -522,7 +524,7 @@ def test_a_broken_recorder_never_breaks_the_run(chat_openai, fake, monkeypatch, 
     def broken(*args, **kwargs):
         raise RuntimeError("recorder is broken")
 
-    monkeypatch.setattr("fluxgate_django.pipeline.build_record", broken)
+    monkeypatch.setattr("fluxgate_django.builder.make_record", broken)
     fake.enqueue(FakeReply())
     with fluxgate_overrides(RAISE_ERRORS=False), caplog.at_level(logging.ERROR):
         message = chat_openai.invoke("hi", config={"callbacks": [FluxGateHandler()]})

@@ -11,8 +11,8 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_openai import ChatOpenAI
 
-from fluxgate_django import BudgetExceeded
-from fluxgate_django import budgets as budgets_module
+import fluxgate_django
+from fluxgate_django import BudgetExceeded, ledger, teams
 from fluxgate_django.models import Budget, Event, SpendCounter, Team
 from fluxgate_django.testing import FakeReply
 from fluxgate_langchain import FluxGateHandler
@@ -65,9 +65,11 @@ def _dual(sync_fn, async_fn):
 
 @pytest.fixture(autouse=True)
 def _fresh_budget_cache():
-    budgets_module.clear_cache()
+    ledger.clear_cache()
+    teams.forget()
     yield
-    budgets_module.clear_cache()
+    ledger.clear_cache()
+    teams.forget()
 
 
 @pytest.fixture
@@ -159,6 +161,7 @@ def test_async_graph_loop_is_stopped_by_the_budget(llm, fake, team):
             )
 
     asyncio.run(scenario())
+    fluxgate_django.flush()  # on a loop, the sync recorder writes in a helper thread
     succeeded = Event.objects.filter(source="langchain", status="SUCCESS").count()
     assert 0 < succeeded < 10 and fake.request_count == succeeded
     counter = SpendCounter.objects.get(budget=budget)
@@ -184,3 +187,47 @@ def test_incomplete_streamed_usage_charges_the_budget_its_estimate(llm, fake, te
     assert (event.cost_usd, event.cost_source) == (None, "usage-incomplete")
     counter = SpendCounter.objects.get(budget=budget)
     assert counter.spent > 0 and counter.reserved == 0  # charged the estimate, not 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unreachable_budget_store_refuses_the_call_sync_and_async(llm, fake, team, monkeypatch):
+    """``BudgetStoreUnavailable`` is a ``CallRefused`` (not a ``BudgetExceeded``): it leaves
+    the hook like a budget refusal, in sync and async runs, and nothing is sent."""
+    from django.db import OperationalError
+
+    from fluxgate_django.exceptions import BudgetStoreUnavailable, CallRefused
+
+    Budget.objects.create(team=team, period="day", limit_usd=Decimal("1"))
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(ledger, "reserve", unreachable)
+    handler = FluxGateHandler(team="search")
+    with pytest.raises(BudgetStoreUnavailable):
+        llm.invoke("hi", config={"callbacks": [handler]})
+
+    async def scenario():
+        with pytest.raises(CallRefused):
+            await llm.ainvoke("hi", config={"callbacks": [handler]})
+
+    asyncio.run(scenario())
+    assert fake.request_count == 0 and handler.runs_in_flight == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sync_invoke_on_a_thread_running_a_loop_is_still_refused(llm, fake, team):
+    """A notebook: sync ``invoke()`` from code running on an event loop. The sync hook is
+    used (LangChain's sync callback manager would swallow a coroutine's exception), so the
+    budget still stops the call."""
+    Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.000001"))
+    handler = FluxGateHandler(team="search")
+
+    async def cell():
+        with pytest.raises(BudgetExceeded):
+            llm.invoke("hi", config={"callbacks": [handler]})
+
+    asyncio.run(cell())
+    fluxgate_django.flush()
+    assert fake.request_count == 0 and handler.runs_in_flight == 0
+    assert Event.objects.get(source="langchain").status == "BUDGET_EXCEEDED"

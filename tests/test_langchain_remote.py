@@ -289,3 +289,35 @@ def test_outside_django_without_a_site_warns_that_events_cannot_be_sent(fake):
     assert "Hello from the fake provider." in result.stdout
     assert result.stderr.count("LangChain events cannot be recorded") == 1
     assert "FLUXGATE_URL" in result.stderr
+
+
+def test_remote_events_are_made_by_the_core_record_builder():
+    """The remote sink builds through ``make_record``: the same length limits, secret
+    masking and cost decisions as an event recorded in-process."""
+    import uuid as uuid_module
+
+    from fluxgate_django.builder import TEXT_LIMITS
+    from fluxgate_django.context import EMPTY_CONTEXT
+    from fluxgate_django.records import CallInfo, Status, Usage
+    from fluxgate_langchain.runs import LLMRun
+    from fluxgate_langchain.sinks import remote_event
+
+    ctx = EMPTY_CONTEXT.merge(feature="f" * 300, user={"id": "u1", "email": "u1@example.com"})
+    parent = uuid_module.uuid4()
+    run = LLMRun(uuid_module.uuid4(), parent, ctx, "openai", "gpt-4o", "chat")
+    info = CallInfo(provider="openai", operation="chat", requested_model="gpt-4o")
+    info.status = Status.ERROR
+    error = RuntimeError("Incorrect API key provided: sk-abcdefghijklmnop")
+    event = remote_event(run, info, Usage(), latency_ms=12.0, error=error, error_type="AuthError")
+
+    assert len(event["feature"]) == TEXT_LIMITS["feature"]
+    assert (
+        "sk-abcdefghijklmnop" not in event["error_message"] and "sk-***" in event["error_message"]
+    )
+    assert (event["cost_usd"], event["cost_source"]) == (None, "not-billed")
+    assert (event["run_id"], event["parent_run_id"]) == (str(run.run_id), str(parent))
+    assert event["tracking_id"] == str(run.tracking_id)
+    assert event["created_at"].endswith("+00:00")  # aware UTC, whatever the local site says
+    assert (event["end_user_id"], event["end_user_email"]) == ("u1", "u1@example.com")
+    assert not {"budget_reservation", "user_pk", "content"} & set(event)
+    assert event["usage_reported"] is True

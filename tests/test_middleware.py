@@ -1,4 +1,10 @@
-"""FluxGateContextMiddleware: who and what each request's LLM calls are attributed to."""
+"""FluxGateContextMiddleware: who and what each request's LLM calls are attributed to.
+
+The user and the team are lazy (``Deferred``) values: the middleware makes no query, and
+they are looked up when a call needs them. The views of tests/views.py echo the context
+as JSON and show such a value as ``LAZY``; the tests read what it stands for from the
+request's ``fluxgate_context`` (:func:`attribution`) or from the events of real calls.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,22 +21,88 @@ import pytest
 from asgiref.sync import async_to_sync, iscoroutinefunction
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.test import AsyncClient, AsyncRequestFactory, Client, RequestFactory
 from django.test.utils import CaptureQueriesContext
-from django.utils.functional import SimpleLazyObject
+from django.urls import path
+from django.utils.functional import SimpleLazyObject, empty
 
-from fluxgate_django import current_context, tracking_context
-from fluxgate_django.context import EMPTY_CONTEXT
+from fluxgate_django import current_context, flush, teams, tracking_context
+from fluxgate_django.context import EMPTY_CONTEXT, Deferred, TrackingContext, resolved
 from fluxgate_django.middleware import FluxGateContextMiddleware, session_fingerprint
 from fluxgate_django.models import Event, Team, TeamMembership
 from fluxgate_django.testing import FakeProvider, FakeReply
-from tests import views
+from tests import urls, views
 
 pytestmark = pytest.mark.django_db
 
 User = get_user_model()
 HEX32 = re.compile(r"[0-9a-f]{32}")
+#: How tests/views.py's JSON shows a Deferred (lazy) user or team.
+LAZY = "<lazy>"
+
+
+def _shown(value: Any) -> Any:
+    return LAZY if isinstance(value, Deferred) else value
+
+
+def _context_json(ctx: TrackingContext) -> dict[str, Any]:
+    """tests/views.py's ``context_json``, with lazy values shown, not looked up."""
+    return {
+        "feature": ctx.feature,
+        "user": _shown(ctx.user),
+        "team": _shown(ctx.team),
+        "session_id": ctx.session_id,
+        "request_id": ctx.request_id,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _lazy_values_as_json(monkeypatch: Any) -> Iterator[None]:
+    monkeypatch.setattr(views, "context_json", _context_json)
+    teams.forget()  # rows are rolled back between tests (no signal); SQLite reuses ids
+    yield
+    teams.forget()
+
+
+def _untouched(request: HttpRequest) -> dict[str, bool]:
+    """Did anything load the request's user or session?"""
+    session = getattr(request, "session", None)
+    return {
+        "user_evaluated": getattr(request.user, "_wrapped", empty) is not empty,
+        "session_loaded": hasattr(session, "_session_cache"),
+    }
+
+
+def plain(request: HttpRequest) -> JsonResponse:
+    """A view that touches neither the user, nor the session, nor an LLM."""
+    return JsonResponse(_untouched(request))
+
+
+async def aplain(request: HttpRequest) -> JsonResponse:
+    return plain(request)
+
+
+async def aresolving(request: HttpRequest) -> JsonResponse:
+    """Looks the user and team up on the event loop itself (no budget check before)."""
+    ctx = current_context()
+    return JsonResponse({"user": resolved(ctx.user), "team": resolved(ctx.team)})
+
+
+#: The test URLs plus this module's views (``@pytest.mark.urls(__name__)``).
+urlpatterns = [
+    *urls.urlpatterns,
+    path("ctx/plain/", plain, name="plain"),
+    path("ctx/aplain/", aplain, name="aplain"),
+    path("ctx/aresolving/", aresolving, name="aresolving"),
+]
+
+
+def attribution(response: Any) -> tuple[Any, Any]:
+    """``(user, team)`` the request's LLM calls are attributed to (looked up now)."""
+    request = getattr(response, "wsgi_request", None) or response.asgi_request
+    ctx = request.fluxgate_context
+    return resolved(ctx.user), resolved(ctx.team)
 
 
 @pytest.fixture
@@ -90,8 +162,8 @@ def test_sync_view_sees_request_context(make_user: Any, make_team: Any) -> None:
     response = client.get("/ctx/echo/")
 
     data = response.json()
-    assert data["user"] == expected_user(user)
-    assert data["team"] == team.slug
+    assert (data["user"], data["team"]) == (LAZY, LAZY)  # looked up when a call needs them
+    assert attribution(response) == (expected_user(user), team.slug)
     assert data["feature"] == "echo"  # the URL's view name
     assert data["session_id"] == session_fingerprint(session_key(client))
     assert HEX32.fullmatch(data["request_id"])
@@ -111,13 +183,12 @@ def test_anonymous_request(make_team: Any) -> None:
     client = Client()
     with CaptureQueriesContext(connection) as queries:
         response = client.get("/ctx/echo/", HTTP_X_FLUXGATE_TEAM="alpha")
+        assert attribution(response) == (None, None)
     data = response.json()
-    assert data["user"] is None
-    assert data["team"] is None
     assert data["session_id"] is None  # no session was created
     assert data["feature"] == "echo"
     assert "sessionid" not in response.cookies
-    assert not [q for q in queries if "fluxgate_django_team" in q["sql"]]
+    assert not queries.captured_queries  # not even to find out that there is no team
 
 
 def test_async_view_sees_request_context(make_user: Any, make_team: Any) -> None:
@@ -132,13 +203,13 @@ def test_async_view_sees_request_context(make_user: Any, make_team: Any) -> None
 
     response, session_key = async_to_sync(run)()
     data = response.json()
-    assert data["user"] == expected_user(user)
-    assert data["team"] == team.slug
+    assert (data["user"], data["team"]) == (LAZY, LAZY)
+    assert attribution(response) == (expected_user(user), team.slug)
     assert data["feature"] == "aecho"
     assert data["session_id"] == session_fingerprint(session_key)
     assert data["request_id"] == "req-async-1"
     assert data["unchanged"] is True
-    assert data["user_evaluated"] is False  # the middleware awaited request.auser()
+    assert data["user_evaluated"] is False  # the middleware did not load the user
     assert response["X-Request-ID"] == "req-async-1"
     assert current_context() is EMPTY_CONTEXT
 
@@ -147,11 +218,102 @@ def test_async_anonymous_request() -> None:
     async def run() -> Any:
         return await AsyncClient().get("/ctx/aecho/")
 
-    data = async_to_sync(run)().json()
-    assert data["user"] is None
-    assert data["team"] is None
+    response = async_to_sync(run)()
+    assert attribution(response) == (None, None)
+    data = response.json()
     assert data["session_id"] is None
     assert data["feature"] == "aecho"
+
+
+# -- no queries ----------------------------------------------------------------------------
+
+
+@pytest.mark.urls(__name__)
+def test_request_without_llm_call_costs_no_query(
+    make_user: Any, make_team: Any, django_assert_num_queries: Any
+) -> None:
+    alpha, beta = make_team("Alpha"), make_team("Beta")
+    user = make_user("alice", alpha, beta)
+    client = logged_in(user)
+    with django_assert_num_queries(0):
+        response = client.get("/ctx/plain/", headers={"X-FluxGate-Team": beta.slug})
+    assert response.json() == {"user_evaluated": False, "session_loaded": False}
+    ctx: TrackingContext = response.wsgi_request.fluxgate_context  # type: ignore[attr-defined]
+    assert ctx.session_id == session_fingerprint(session_key(client))  # from the cookie
+    assert ctx.feature == "plain"
+    assert attribution(response) == (expected_user(user), beta.slug)
+
+
+@pytest.mark.urls(__name__)
+def test_async_request_without_llm_call_costs_no_query(
+    make_user: Any, make_team: Any, django_assert_num_queries: Any
+) -> None:
+    team = make_team("Alpha")
+    user = make_user("alice", team)
+
+    client = AsyncClient()
+    async_to_sync(client.aforce_login)(user)
+    with django_assert_num_queries(0):
+        response = async_to_sync(client.get)("/ctx/aplain/")
+    assert response.json() == {"user_evaluated": False, "session_loaded": False}
+    assert attribution(response) == (expected_user(user), team.slug)
+
+
+def test_no_team_lookup_without_an_llm_call(
+    make_user: Any, make_team: Any, monkeypatch: Any
+) -> None:
+    def must_not_run(*args: Any) -> Any:
+        raise AssertionError("the team was looked up")
+
+    monkeypatch.setattr(teams, "_user_team", must_not_run)
+    client = logged_in(make_user("alice", make_team("Alpha")))
+    assert client.get("/ctx/echo/").status_code == 200
+
+
+def test_a_loaded_user_is_read_at_once(
+    make_user: Any, make_team: Any, django_assert_num_queries: Any
+) -> None:
+    """request.user already loaded (by other code): its values cost nothing to read."""
+    team = make_team("Alpha")
+    user = make_user("alice", team)
+    request: Any = RequestFactory().get("/")
+    request.user = user
+    with django_assert_num_queries(0):
+        data = json.loads(FluxGateContextMiddleware(_echo_response)(request).content)
+    assert data["user"] == expected_user(user)  # a plain value
+    assert data["team"] == LAZY
+    with django_assert_num_queries(1):  # the team: one query, once
+        assert resolved(request.fluxgate_context.team) == team.slug
+        assert resolved(request.fluxgate_context.team) == team.slug
+
+
+def test_lookups_are_made_once_per_request(make_user: Any, make_team: Any) -> None:
+    team = make_team("Alpha")
+    user = make_user("alice", team)
+    response = logged_in(user).get("/ctx/echo/")
+    ctx: TrackingContext = response.wsgi_request.fluxgate_context  # type: ignore[attr-defined]
+    with CaptureQueriesContext(connection) as first:
+        assert resolved(ctx.team) == team.slug  # loads the session, the user, the team
+    with CaptureQueriesContext(connection) as again:
+        assert resolved(ctx.team) == team.slug
+        assert resolved(ctx.user) == expected_user(user)
+    assert len(first) == 3
+    assert len(again) == 0
+
+
+@pytest.mark.urls(__name__)
+@pytest.mark.django_db(transaction=True)
+def test_lookup_first_needed_on_the_event_loop(make_user: Any, make_team: Any) -> None:
+    """No ORM on the loop (it would raise SynchronousOnlyOperation): it runs in a thread."""
+    team = make_team("Alpha")
+    user = make_user("alice", team)
+
+    async def run() -> Any:
+        client = AsyncClient()
+        await client.aforce_login(user)
+        return await client.get("/ctx/aresolving/")
+
+    assert async_to_sync(run)().json() == {"user": expected_user(user), "team": team.slug}
 
 
 # -- request id ----------------------------------------------------------------------------
@@ -193,71 +355,59 @@ def test_request_ids_are_unique_per_request() -> None:
 # -- team ----------------------------------------------------------------------------------
 
 
-def test_team_header_honoured_only_for_members(make_user: Any, make_team: Any) -> None:
+def test_team_rule(make_user: Any, make_team: Any) -> None:
+    """Header (if a member), else the default membership, else the only team, else none."""
     alpha, beta, gamma = make_team("Alpha"), make_team("Beta"), make_team("Gamma")
-    client = logged_in(make_user("alice", beta, alpha))
+    user = make_user("alice", beta, alpha)
+    client = logged_in(user)
 
-    def team_for(header: str | None) -> str:
+    def team_for(header: str | None) -> Any:
         headers = {} if header is None else {"X-FluxGate-Team": header}
-        return client.get("/ctx/echo/", headers=headers).json()["team"]
+        return attribution(client.get("/ctx/echo/", headers=headers))[1]
 
-    assert team_for(None) == alpha.slug  # several teams: the first by name
+    assert team_for(None) is None  # several teams, no default: none (not the first by name)
     assert team_for(beta.slug) == beta.slug
-    assert team_for(gamma.slug) == alpha.slug  # not a member: header ignored
-    assert team_for("no-such-team") == alpha.slug
-    assert team_for("not a slug!") == alpha.slug
-    assert team_for("") == alpha.slug
+    assert team_for(gamma.slug) is None  # not a member: header ignored
+    assert team_for("not a slug!") is None
+
+    membership = TeamMembership.objects.get(user=user, team=beta)
+    membership.is_default = True
+    membership.save()
+    for header in (None, gamma.slug, "no-such-team", "not a slug!", ""):
+        assert team_for(header) == beta.slug  # the default
+    assert team_for(alpha.slug) == alpha.slug  # the header still wins for a member
 
 
 def test_user_without_team(make_user: Any, make_team: Any) -> None:
     other = make_team("Other")
     client = logged_in(make_user())
-    assert client.get("/ctx/echo/").json()["team"] is None
-    assert client.get("/ctx/echo/", HTTP_X_FLUXGATE_TEAM=other.slug).json()["team"] is None
+    assert attribution(client.get("/ctx/echo/"))[1] is None
+    assert attribution(client.get("/ctx/echo/", HTTP_X_FLUXGATE_TEAM=other.slug))[1] is None
 
 
 def test_team_lookup_is_one_query(make_user: Any, make_team: Any) -> None:
     alpha, beta = make_team("Alpha"), make_team("Beta")
     client = logged_in(make_user("alice", alpha, beta))
+    response = client.get("/ctx/echo/", HTTP_X_FLUXGATE_TEAM=beta.slug)
     with CaptureQueriesContext(connection) as queries:
-        data = client.get("/ctx/echo/", HTTP_X_FLUXGATE_TEAM=beta.slug).json()
-    assert data["team"] == beta.slug
+        assert attribution(response)[1] == beta.slug
     assert len([q for q in queries if "fluxgate_django_team" in q["sql"]]) == 1
-
-
-def test_team_lookup_failure_does_not_break_the_request(
-    make_user: Any, make_team: Any, settings: Any, monkeypatch: Any
-) -> None:
-    from django.db import DatabaseError
-
-    from fluxgate_django import middleware
-
-    def broken(*args: Any) -> Any:
-        raise DatabaseError("team table unavailable")
-
-    settings.FLUXGATE = {**settings.FLUXGATE, "RAISE_ERRORS": False}
-    monkeypatch.setattr(middleware, "_team_query", broken)
-    client = logged_in(make_user("alice", make_team("Alpha")))
-    response = client.get("/ctx/echo/")
-    assert response.status_code == 200
-    assert response.json()["team"] is None
-    assert response.json()["user"] is not None
 
 
 def test_async_team_header(make_user: Any, make_team: Any) -> None:
     alpha, beta, gamma = make_team("Alpha"), make_team("Beta"), make_team("Gamma")
     user = make_user("alice", alpha, beta)
+    TeamMembership.objects.filter(user=user, team=alpha).update(is_default=True)
 
-    async def run() -> list[str]:
+    async def run() -> list[Any]:
         client = AsyncClient()
         await client.aforce_login(user)
-        teams = []
+        responses = []
         for header in (beta.slug, gamma.slug):
-            response = await client.get("/ctx/aecho/", headers={"X-FluxGate-Team": header})
-            teams.append(response.json()["team"])
-        return teams
+            responses.append(await client.get("/ctx/aecho/", headers={"X-FluxGate-Team": header}))
+        return responses
 
-    assert async_to_sync(run)() == [beta.slug, alpha.slug]
+    assert [attribution(r)[1] for r in async_to_sync(run)()] == [beta.slug, alpha.slug]
 
 
 # -- feature -------------------------------------------------------------------------------
@@ -307,6 +457,21 @@ def test_tracked_call_in_sync_view_is_attributed(
     assert current_context() is EMPTY_CONTEXT
 
 
+def test_tracked_call_goes_to_the_default_team(
+    llm_settings: FakeProvider, make_user: Any, make_team: Any
+) -> None:
+    alpha, beta, zeta = make_team("Alpha"), make_team("Beta"), make_team("Zeta")
+    user = make_user("alice", alpha, beta)
+    TeamMembership.objects.create(user=user, team=zeta, is_default=True)
+    client = logged_in(user)
+    events = [
+        Event.objects.get(tracking_id=client.get("/ctx/chat/", headers=h).json()["tracking_id"])
+        for h in ({}, {"X-FluxGate-Team": beta.slug})
+    ]
+    assert [e.team_id for e in events] == [zeta.pk, beta.pk]
+    assert {e.user_id for e in events} == {user.pk}
+
+
 def test_view_feature_wins_on_event(llm_settings: FakeProvider, make_user: Any) -> None:
     client = logged_in(make_user())
     data = client.get("/ctx/chat/", {"feature": "summarize"}).json()
@@ -332,6 +497,7 @@ def test_tracked_call_in_async_view_is_attributed(
         return response, (await client.asession()).session_key or ""
 
     response, session_key = async_to_sync(run)()
+    flush()  # the sync recorder hands a write made on the event loop off to a thread
 
     event = Event.objects.get(tracking_id=response.json()["tracking_id"])
     assert event.user_id == user.pk
@@ -379,7 +545,7 @@ def test_async_streaming_response_keeps_request_context(make_user: Any) -> None:
     assert len(lines) == 2
     for line in lines:
         assert (line["feature"], line["request_id"]) == ("astream", "req-astream")
-        assert line["user"] == expected_user(user)
+        assert line["user"] == LAZY
 
 
 # -- without AuthenticationMiddleware --------------------------------------------------------
@@ -397,7 +563,7 @@ def test_without_auth_middleware_sync() -> None:
     middleware = FluxGateContextMiddleware(_echo_response)
     assert not iscoroutinefunction(middleware)
     data = json.loads(middleware(RequestFactory().get("/")).content)
-    assert data["user"] is None and data["feature"] is None
+    assert data["user"] is None and data["team"] is None and data["feature"] is None
     assert HEX32.fullmatch(data["request_id"])
 
 
@@ -415,8 +581,12 @@ def test_without_auth_middleware_async(make_user: Any, with_user: bool) -> None:
         return await middleware(request)
 
     data = json.loads(async_to_sync(run)().content)
-    assert data["user"] == (expected_user(user) if with_user else None)
     assert data["request_id"] == "r1"
+    if with_user:
+        assert data["user"] == LAZY
+        assert resolved(request.fluxgate_context.user) == expected_user(user)
+    else:
+        assert data["user"] is None
 
 
 # -- nothing leaks -------------------------------------------------------------------------
@@ -448,14 +618,14 @@ def test_concurrent_requests_in_threads_do_not_share_context(
     make_user: Any, make_team: Any
 ) -> None:
     n = 8
-    teams = [make_team(f"Team{i}") for i in range(n)]
-    users = [make_user(f"user{i}", teams[i]) for i in range(n)]
+    team_list = [make_team(f"Team{i}") for i in range(n)]
+    users = [make_user(f"user{i}", team_list[i]) for i in range(n)]
     clients = [logged_in(u) for u in users]
 
-    def request(i: int) -> tuple[dict[str, Any], Any]:
+    def request(i: int) -> tuple[dict[str, Any], tuple[Any, Any], Any]:
         try:
-            data = clients[i].get("/ctx/echo/", HTTP_X_REQUEST_ID=f"req-{i}").json()
-            return data, current_context()
+            response = clients[i].get("/ctx/echo/", HTTP_X_REQUEST_ID=f"req-{i}")
+            return response.json(), attribution(response), current_context()
         finally:
             connection.close()  # this thread's own connection
 
@@ -467,34 +637,32 @@ def test_concurrent_requests_in_threads_do_not_share_context(
     finally:
         views.barrier = None
 
-    for i, (data, after) in enumerate(results):
-        assert data["user"] == expected_user(users[i])
-        assert data["team"] == teams[i].slug
+    for i, (data, (user, team), after) in enumerate(results):
+        assert (user, team) == (expected_user(users[i]), team_list[i].slug)
         assert data["request_id"] == f"req-{i}"
         assert after is EMPTY_CONTEXT
 
 
 def test_concurrent_async_requests_do_not_share_context(make_user: Any, make_team: Any) -> None:
     n = 6
-    teams = [make_team(f"Team{i}") for i in range(n)]
-    users = [make_user(f"user{i}", teams[i]) for i in range(n)]
+    team_list = [make_team(f"Team{i}") for i in range(n)]
+    users = [make_user(f"user{i}", team_list[i]) for i in range(n)]
 
-    async def one(i: int) -> dict[str, Any]:
+    async def one(i: int) -> Any:
         client = AsyncClient()
         await client.aforce_login(users[i])
-        response = await client.get(
+        return await client.get(
             "/ctx/aecho/", {"sleep": "0.01"}, headers={"X-Request-ID": f"req-{i}"}
         )
-        return response.json()
 
-    async def run() -> list[dict[str, Any]]:
+    async def run() -> list[Any]:
         results = await asyncio.gather(*(one(i) for i in range(n)))
         assert current_context() is EMPTY_CONTEXT
         return list(results)
 
-    for i, data in enumerate(async_to_sync(run)()):
-        assert data["user"] == expected_user(users[i])
-        assert data["team"] == teams[i].slug
+    for i, response in enumerate(async_to_sync(run)()):
+        data = response.json()
+        assert attribution(response) == (expected_user(users[i]), team_list[i].slug)
         assert data["request_id"] == f"req-{i}"
         assert data["unchanged"] is True
 

@@ -10,8 +10,8 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 
-from fluxgate_django import models as fluxgate_models
 from fluxgate_django.models import KEY_PREFIX, ApiKey, Budget, Team, hash_secret
+from fluxgate_django.models import teams as fluxgate_models
 
 pytestmark = pytest.mark.django_db
 

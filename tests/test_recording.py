@@ -20,6 +20,7 @@ import threading
 import uuid
 from decimal import Decimal
 from pathlib import Path
+from unittest import mock
 from urllib.parse import quote
 
 import pytest
@@ -30,10 +31,12 @@ import fluxgate_django
 from fluxgate_django import Status, track_openai, tracking_context
 from fluxgate_django.context import TrackingContext
 from fluxgate_django.models import Event, Team
-from fluxgate_django.pipeline import build_record
+from fluxgate_django.pipeline import make_record as build
+from fluxgate_django.pipeline import price_record
 from fluxgate_django.pricing import calculate_cost
-from fluxgate_django.recording import base, get_recorder, spool, write_events
+from fluxgate_django.recording import get_recorder, spool, write_events
 from fluxgate_django.recording import thread as thread_module
+from fluxgate_django.recording import write as base
 from fluxgate_django.records import CallInfo, Usage, pack_records, unpack_records
 from fluxgate_django.testing import DEFAULT_TEXT, FakeReply
 from tests.helpers import MSGS, fluxgate_overrides
@@ -63,11 +66,13 @@ def event_for(result) -> Event:
 
 def make_record(**context):
     info = CallInfo(provider="openai", operation="chat", requested_model="gpt-4o", model="gpt-4o")
-    return build_record(
-        info,
-        Usage(1000, 500, cache_read_tokens=200),
-        TrackingContext(**context),
-        latency_ms=12.5,
+    return price_record(
+        build(
+            info,
+            Usage(1000, 500, cache_read_tokens=200),
+            TrackingContext(**context),
+            latency_ms=12.5,
+        )
     )
 
 
@@ -150,14 +155,26 @@ def test_sync_recorder_writes_before_the_call_returns(openai, fake):
 
 
 @needs_shared_db
-def test_sync_recorder_in_async_code_writes_before_the_call_returns(async_openai_client, fake):
+def test_sync_recorder_in_async_code_hands_the_write_off_and_flush_waits(
+    async_openai_client, fake
+):
+    """On a running loop the sync recorder neither writes nor waits there: the write goes
+    to a helper thread, and flush() waits for it."""
     client = track_openai(async_openai_client)
+    writers = []
+
+    def spy(records):
+        writers.append(threading.current_thread())
+        return write_events(records)
 
     async def main():
         return await client.chat.completions.create(model="gpt-4o-mini", messages=MSGS)
 
-    resp = asyncio.run(main())
+    with mock.patch("fluxgate_django.recording.sync.write_events", spy):
+        resp = asyncio.run(main())
+        assert fluxgate_django.flush(timeout=10)
 
+    assert writers and writers[0] is not threading.main_thread()
     assert event_for(resp).status == Status.SUCCESS.value
 
 
@@ -271,7 +288,10 @@ def test_two_writers_write_two_batches_at_once(openai, fake, writes):
         assert fluxgate_django.flush(timeout=0.2) is False
         writes.gate.set()
         assert fluxgate_django.flush(timeout=5) is True
-    assert sorted(writes.batches) == [3, 3] and Event.objects.count() == 6
+    # (Both writers held a batch at once. Usually two of 3; on a loaded machine a writer
+    # may wake early and take a smaller one, the rest following in a third batch.)
+    assert sum(writes.batches) == 6 and max(writes.batches) <= 3
+    assert Event.objects.count() == 6
     assert writes.threads == {"fluxgate-recorder-0", "fluxgate-recorder-1"}
 
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from fluxgate_django import track_openai
 from fluxgate_django.models import EndUserUsageRollup, Event, Team, UsageRollup
+from fluxgate_django.money import to_units as money_units
 from fluxgate_django.recording import write_events
 from fluxgate_django.records import EventRecord
 from fluxgate_django.reports import breakdown, compare, last_days, preset_range, rollups, timeseries
@@ -35,7 +36,6 @@ from fluxgate_django.reports.rollups import (
     USER_GROUP_KEYS,
     RollupBatch,
     event_day,
-    money_units,
     rebuild_rollups,
     rollup_rows,
 )
@@ -313,15 +313,17 @@ def test_incremental_rollups_equal_a_rebuild_from_events(time_zone):
 def test_the_database_sums_a_batch_as_python_does(time_zone):
     """On PostgreSQL a batch of new events is summed by the database (the rebuild's SQL);
     elsewhere in Python. Either way the rows equal :class:`RollupBatch`'s own sums."""
-    from fluxgate_django.recording import base
+    from fluxgate_django import teams
+    from fluxgate_django.recording import rows as event_rows
 
     clear_report_tables()
     with override_settings(TIME_ZONE=time_zone):
         team = Team.objects.create(name="A", slug="a")
         records = random_records(random.Random(7), 400, [None, "a", team, "no-such-team"])
         expected = RollupBatch()
-        rows = base.event_rows(records, base._team_ids.resolve(records))
-        expected.add_rows(rows, base._event_rows().columns)
+        slugs = teams.team_ids(r.team for r in records if isinstance(r.team, str))
+        rows = event_rows.event_rows(records, slugs)
+        expected.add_rows(rows, event_rows.event_rows_spec().columns)
         write_events(records)
         assert all_rollups() == (expected.rows(GROUP_KEYS), expected.rows(USER_GROUP_KEYS))
 

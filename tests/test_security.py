@@ -31,7 +31,7 @@ from fluxgate_django import budgets as budgets_module
 from fluxgate_django.models import ApiKey, Budget, Event, Team, hash_secret
 from fluxgate_django.testing import FakeReply
 from tests.api_helpers import API, make_budget, make_world, patch_json, post_json
-from tests.helpers import fluxgate_overrides
+from tests.helpers import fluxgate_overrides, parse_source
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +102,7 @@ def test_api_keys_are_compared_in_constant_time(monkeypatch):
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("fluxgate_django.models.hmac.compare_digest", compare_digest)
+    monkeypatch.setattr("fluxgate_django.models.teams.hmac.compare_digest", compare_digest)
     wrong = secret[:-4] + ("AAAA" if not secret.endswith("AAAA") else "BBBB")
 
     with CaptureQueriesContext(connection) as queries:
@@ -384,29 +384,41 @@ def _admin_urls() -> set[str]:
 #: Every call that hands SQL text to the database, with why it is safe. A new one fails
 #: this test until it is audited and listed here.
 AUDITED_SQL = {
-    ("fluxgate_django/budgets.py", "_reserve", "execute"): (
+    ("fluxgate_django/api/ingest.py", "stored_tracking_ids", "execute"): (
+        "SELECT of the Event table's tracking_id column (quote_name of the model's own "
+        "names) with one %s placeholder per id; the ids (validated UUIDs) are parameters"
+    ),
+    ("fluxgate_django/ledger.py", "reserve", "execute"): (
         "table name from quote_name(Model._meta.db_table), counter ids and units as %s "
         "placeholders; nothing from a request is formatted in"
     ),
-    ("fluxgate_django/budgets.py", "settle_counters", "executemany"): (
+    ("fluxgate_django/ledger.py", "settle_counters", "executemany"): (
         "same: quoted table name, fixed assignments, values as placeholders"
     ),
-    ("fluxgate_django/recording/base.py", "_insert", "executemany"): (
+    ("fluxgate_django/ledger.py", "settle_counters", "execute"): (
+        "PostgreSQL: quoted table name, fixed assignments, one fixed (%s, %s, %s) row of "
+        "placeholders per counter in a VALUES list; the units and ids are parameters"
+    ),
+    ("fluxgate_django/ledger.py", "resolve_settlements", "execute"): (
+        "fixed SELECT of pg_xact_status over unnest(%s::text[]); the transaction ids are "
+        "one array parameter"
+    ),
+    ("fluxgate_django/recording/sql.py", "insert", "executemany"): (
         "INSERT built once from the Event model's own columns (quote_name), values as placeholders"
     ),
-    ("fluxgate_django/recording/base.py", "_insert_new", "execute"): (
+    ("fluxgate_django/recording/sql.py", "insert_new", "execute"): (
         "INSERT ... VALUES built from the Event model's columns (quote_name) and one "
         "fixed row of %s placeholders per row; the values are passed as parameters"
     ),
-    ("fluxgate_django/recording/base.py", "_copy_insert", "execute"): (
+    ("fluxgate_django/recording/sql.py", "_copy_insert", "execute"): (
         "CREATE TEMPORARY TABLE / DELETE / INSERT ... SELECT built once from the Event "
         "model's columns and a fixed staging table name (quote_name); no values at all"
     ),
-    ("fluxgate_django/recording/base.py", "_copy_insert", "copy"): (
+    ("fluxgate_django/recording/sql.py", "_copy_insert", "copy"): (
         "COPY of the staging table's fixed column list; the values go through psycopg's "
         "write_row, never into the SQL text"
     ),
-    ("fluxgate_django/reports/rollups.py", "save", "executemany"): (
+    ("fluxgate_django/reports/rollup_batch.py", "save", "executemany"): (
         "rollup upsert built from model columns (quote_name), values as placeholders"
     ),
     ("fluxgate_django/reports/rollups.py", "save", "execute"): (
@@ -435,7 +447,7 @@ def _sql_calls() -> set[tuple[str, str, str]]:
             if "migrations" in path.parts:
                 continue
             rel = path.relative_to(ROOT).as_posix()
-            tree = ast.parse(path.read_text(), rel)
+            tree = parse_source(path)
             for func in ast.walk(tree):
                 if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     continue

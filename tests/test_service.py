@@ -11,13 +11,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import anthropic
+import httpx
 import openai
 import pytest
 from django.test import override_settings
 
-from fluxgate_django import BudgetExceeded, LLMService
-from fluxgate_django import budgets as budgets_module
+from fluxgate_django import BudgetExceeded, LLMService, flush, ledger, teams
 from fluxgate_django.models import Budget, Event, Team
+from fluxgate_django.records import CostSource
 from fluxgate_django.service import AllProvidersFailed, classify, set_strategy
 from fluxgate_django.service.breaker import CircuitBreaker
 from fluxgate_django.testing import FakeReply
@@ -89,6 +90,11 @@ def test_fallback_on_5xx_records_every_attempt(service, fake):
         ("openai", "ERROR", 0),
         ("anthropic", "SUCCESS", 1),
     ]
+    # Each attempt points at its own event, the failed one included.
+    assert [a.tracking_id for a in answer.attempts] == [e.tracking_id for e in events]
+    # Usage and finish reason as the tracked client recorded them.
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (100, 10)
+    assert answer.finish_reason == events[1].finish_reason == "end_turn"
     assert all(e.feature == "chat" and e.source == "service" for e in events)
 
 
@@ -227,6 +233,18 @@ def test_response_cache_hit_costs_nothing_and_records_the_saving(fake):
         assert fake.request_count == calls + 2
 
 
+def test_response_cache_keeps_only_complete_answers(fake):
+    with service_settings(fake, RESPONSE_CACHE={"alias": "default", "ttl": 60}):
+        service = LLMService()
+        fake.enqueue(FakeReply(finish_reason="length", output_tokens=5))
+        cut = service.complete(MSGS, model="gpt-4o-mini", max_tokens=5)
+        assert cut.finish_reason == "length"
+        again = service.complete(MSGS, model="gpt-4o-mini", max_tokens=5)
+        assert not again.cache_hit and fake.request_count == 2
+        # A complete answer is cached (whatever the provider calls a normal stop).
+        assert service.complete(MSGS, model="gpt-4o-mini", max_tokens=5).cache_hit
+
+
 def test_cost_strategy_tries_the_cheapest_model_first(service, fake):
     answer = service.complete(MSGS, route="cheap", max_tokens=100)
     assert answer.model == "gpt-4o-mini"
@@ -301,6 +319,7 @@ def test_async_complete_and_streams(service, fake):
         return answer, text
 
     answer, text = asyncio.run(scenario())
+    flush()  # async calls are written off the loop
     assert answer.provider == "anthropic" and answer.fallback_used
     assert text == "Hello from the fake provider."
     sync_text = "".join(service.stream(MSGS, route="summarize"))
@@ -308,6 +327,39 @@ def test_async_complete_and_streams(service, fake):
     streamed = Event.objects.filter(streamed=True)
     assert streamed.count() == 2
     assert all(e.cost_usd is not None and e.source == "service" for e in streamed)
+
+
+@pytest.mark.django_db(transaction=True)  # bookkeeping runs in a worker thread
+def test_async_complete_does_its_cache_io_off_the_event_loop(fake):
+    class Watched:
+        """The response cache, noting every call made on a running event loop."""
+
+        def __init__(self, cache):
+            self.cache, self.on_loop = cache, []
+
+        def __getattr__(self, name):
+            def call(*args, **kwargs):
+                try:
+                    asyncio.get_running_loop()
+                    self.on_loop.append(name)
+                except RuntimeError:
+                    pass
+                return getattr(self.cache, name)(*args, **kwargs)
+
+            return call
+
+    with service_settings(fake, RESPONSE_CACHE={"alias": "default", "ttl": 60}):
+        service = LLMService()
+        service.response_cache = watched = Watched(service.response_cache)
+
+        async def twice():
+            first = await service.acomplete(MSGS, route="summarize", conversation_id="c1")
+            return first, await service.acomplete(MSGS, route="summarize", conversation_id="c1")
+
+        first, second = asyncio.run(twice())
+        flush()
+    assert (first.cache_hit, second.cache_hit) == (False, True)
+    assert watched.on_loop == []
 
 
 def test_stream_falls_back_before_the_first_token(service, fake):
@@ -324,7 +376,8 @@ def test_stream_falls_back_before_the_first_token(service, fake):
 
 
 def test_runaway_loop_through_the_service_stops_at_the_budget(service, fake):
-    budgets_module.clear_cache()
+    ledger.clear_cache()
+    teams.forget()
     team = Team.objects.create(name="Agents", slug="agents")
     budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.01"))
     fake.default_reply = FakeReply(input_tokens=1000, output_tokens=1000)  # ~$0.00075
@@ -352,8 +405,8 @@ def test_bad_requests_are_rejected_clearly(service):
 
 
 def test_error_classification():
-    request = openai.APIConnectionError(request=None)  # type: ignore[arg-type]
-    assert classify(request) == "retry"
+    request = httpx.Request("POST", "https://api.openai.com/v1/chat/completions")
+    assert classify(openai.APIConnectionError(request=request)) == "retry"
     assert classify(ValueError("x")) == "fatal"
 
 
@@ -415,7 +468,8 @@ def test_http_complete_validation_and_errors(service, fake, client, api_key):
     assert down.status_code == 503 and len(down.json()["attempts"]) == 2
     fake.enqueue(FakeReply(status=400, error_message="bad tool schema"))
     assert post({"messages": MSGS, "route": "summarize"}).status_code == 400
-    budgets_module.clear_cache()
+    ledger.clear_cache()
+    teams.forget()
     Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.000001"))
     blocked = post({"messages": MSGS, "route": "summarize", "max_tokens": 500})
     assert blocked.status_code == 402 and blocked.json()["code"] == "budget_exceeded"
@@ -480,7 +534,7 @@ def test_openai_compatible_provider_with_its_reported_cost(fake):
     assert (event.provider, event.model, event.cost_source) == (
         "openrouter",
         "meta-llama/llama-3.1-70b-instruct",
-        "openrouter-reported",
+        CostSource.PROVIDER_REPORTED.value,
     )
 
 
@@ -498,6 +552,7 @@ def test_gemini_route_with_fallback(fake):
         answer = service.complete(MSGS, route="translate", system="Translate to French.")
         assert (answer.provider, answer.content) == ("gemini", "Hello from the fake provider.")
         assert answer.usage.output_tokens == 250 and answer.cost > 0
+        assert (answer.model, answer.finish_reason) == ("gemini-2.5-flash", "STOP")
         assert fake.requests[-1].body["systemInstruction"]["parts"][0]["text"] == (
             "Translate to French."
         )
@@ -510,5 +565,6 @@ def test_gemini_route_with_fallback(fake):
             return text, await service.acomplete(MSGS, route="translate")
 
         text, async_answer = asyncio.run(both())
+        flush()  # async calls are written off the loop
     assert text == "Hello from the fake provider." and async_answer.provider == "gemini"
     assert set(Event.objects.values_list("provider", flat=True)) == {"gemini", "openai"}

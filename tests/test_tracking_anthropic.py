@@ -9,7 +9,7 @@ from decimal import Decimal
 import anthropic
 import pytest
 
-from fluxgate_django import Status, track_anthropic, tracking_context
+from fluxgate_django import Status, flush, track_anthropic, tracking_context
 from fluxgate_django.models import Event
 from fluxgate_django.testing import FakeReply
 
@@ -184,6 +184,7 @@ def test_async_client(aclient, fake):
         return msg, stream
 
     msg, stream = asyncio.run(scenario())
+    flush()  # async calls are written off the loop
     assert msg.fluxgate.cost == Decimal("0.01485") == stream.fluxgate.cost
     assert Event.objects.count() == 3
     assert Event.objects.filter(status="ERROR", error_type="OverloadedError").count() == 1
@@ -210,6 +211,7 @@ def test_async_with_raw_response(aclient, fake):
         return await raw.parse()
 
     message = asyncio.run(scenario())
+    flush()  # async calls are written off the loop
     assert message.fluxgate.cost == Decimal("0.01485")
     assert Event.objects.count() == 1
 

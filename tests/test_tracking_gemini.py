@@ -17,9 +17,16 @@ genai = pytest.importorskip(
 )
 from google.genai import errors, types  # noqa: E402
 
-from fluxgate_django import BudgetExceeded, Status, track_gemini, tracking_context  # noqa: E402
-from fluxgate_django import budgets as budgets_module  # noqa: E402
-from fluxgate_django.budgets import max_output_tokens, prompt_chars  # noqa: E402
+from fluxgate_django import (  # noqa: E402
+    BudgetExceeded,
+    Status,
+    flush,
+    ledger,
+    teams,
+    track_gemini,
+    tracking_context,
+)
+from fluxgate_django.estimate import max_output_tokens, prompt_chars  # noqa: E402
 from fluxgate_django.models import Budget, Event, SpendCounter, Team  # noqa: E402
 from fluxgate_django.testing import FakeReply  # noqa: E402
 from fluxgate_django.tracking.gemini import (  # noqa: E402
@@ -259,6 +266,7 @@ def test_async_client(client, fake):
         return response, stream, text, early
 
     response, stream, text, early = asyncio.run(scenario())
+    flush()  # async calls are written off the loop
     assert text == "Hello from the fake provider."
     assert response.fluxgate.cost == COST == stream.fluxgate.cost
     assert event_for(response).feature == "async"
@@ -287,6 +295,7 @@ def test_with_context_binds_attribution_to_a_tracked_copy(client, fake):
         return response
 
     async_bound = asyncio.run(via_aio())
+    flush()  # async calls are written off the loop
     chat = support.chats.create(model=FLASH)
     chatted = chat.send_message("hello")
     events = {
@@ -414,9 +423,11 @@ def test_request_body_for_budget_estimates():
 class TestBudgets:
     @pytest.fixture(autouse=True)
     def _fresh_budget_cache(self):
-        budgets_module.clear_cache()
+        ledger.clear_cache()
+        teams.forget()
         yield
-        budgets_module.clear_cache()
+        ledger.clear_cache()
+        teams.forget()
 
     @pytest.fixture
     def team(self):
@@ -452,6 +463,7 @@ class TestBudgets:
 
         with pytest.raises(BudgetExceeded):
             asyncio.run(async_call())
+        flush()
         assert fake.request_count == sent
         assert Event.objects.filter(status="BUDGET_EXCEEDED").count() == 3
 

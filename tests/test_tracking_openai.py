@@ -12,8 +12,9 @@ import pydantic
 import pytest
 from django.test import override_settings
 
-from fluxgate_django import Status, track_openai, tracking_context
+from fluxgate_django import Status, flush, track_openai, tracking_context
 from fluxgate_django.models import Event, Team
+from fluxgate_django.records import Usage
 from fluxgate_django.testing import FakeReply
 
 pytestmark = pytest.mark.django_db
@@ -70,6 +71,9 @@ def test_chat_completion_is_recorded_with_exact_cost(client, fake):
     assert result.cost == Decimal("0.00725")
     assert result.cost == 800 * GPT4O_IN + 200 * GPT4O_CACHED + 500 * GPT4O_OUT
     assert result.error_message is None
+    # What the call used and how it ended, as recorded (the LLM service reads these).
+    assert result.usage == Usage(input_tokens=1000, output_tokens=500, cache_read_tokens=200)
+    assert (result.model, result.finish_reason) == ("gpt-4o-2024-08-06", "stop")
 
     event = event_for(resp)
     assert event.created_at == result.created_at
@@ -290,6 +294,7 @@ def test_provider_errors_are_recorded_then_reraised_unchanged(
     assert type(info.value) is exc_type
     event = Event.objects.get()
     assert (event.status, event.feature, event.error_type) == (status, "chat", exc_type.__name__)
+    assert info.value.fluxgate.tracking_id == event.tracking_id  # the error carries its record
     assert event.cost_usd is None and event.cost_source == "not-billed"
 
 
@@ -366,6 +371,7 @@ def test_async_client_create_stream_and_error(aclient, fake):
         return resp, stream
 
     resp, stream = asyncio.run(scenario())
+    flush()  # async calls are written off the loop
     assert isinstance(aclient, openai.AsyncOpenAI)
     assert resp.fluxgate.cost == Decimal("0.00725") == stream.fluxgate.cost
     events = {e.tracking_id: e for e in Event.objects.all()}
@@ -386,6 +392,7 @@ def test_async_stream_closed_early(aclient, fake):
         return stream
 
     stream = asyncio.run(scenario())
+    flush()  # async calls are written off the loop
     assert stream.fluxgate.status is Status.SUCCESS
     assert Event.objects.get().metadata == {"stream_completed": False}
 
@@ -401,7 +408,9 @@ def test_concurrent_async_calls_keep_their_own_context(aclient, fake):
     async def scenario():
         return await asyncio.gather(*(one(i) for i in range(12)))
 
-    for i, tracking_id in asyncio.run(scenario()):
+    results = asyncio.run(scenario())
+    flush()  # async calls are written off the loop
+    for i, tracking_id in results:
         event = Event.objects.get(tracking_id=tracking_id)
         assert (event.feature, event.end_user_id) == (f"f{i}", f"u{i}")
 

@@ -4,32 +4,55 @@ A request carries one event object or ``{"events": [...]}`` (what
 ``fluxgate_langchain``'s remote sender posts: ``EventRecord.to_json()`` plus
 ``cache_write_1h_tokens`` and ``usage_reported``). A batch is all-or-nothing: every item
 is validated first, and one bad item is a 400 with its errors under its index, and
-nothing of the batch is stored.
+nothing of the batch is stored. Accepted means storable: text fields must be JSON strings
+(a number or an object is refused, not coerced), values the columns or the budget
+counters can't hold are refused (NUL characters, a cost over ``MAX_EVENT_COST_USD``, as
+given or as priced here), and a ``tracking_id`` repeated in one batch must repeat the
+same event (then it is stored once and answered as a duplicate). The answer lists every
+posted event, in order, as stored by this request or a duplicate. A chunked body (no
+``Content-Length``) is read (:func:`accept_chunked_body`).
+
+Validation is :class:`EventIngestSerializer`'s, run by a compiled form of it
+(:mod:`.validator`) that hands any value it can't decide to the serializer itself, so the
+field errors are the serializer's.
 
 An event's team is the API key's team; a payload naming another team is refused. An
 event without ``cost_usd`` is priced here by the same code as every other event
-(:func:`fluxgate_django.pipeline.build_record`), unless its ``cost_source`` says why it
-can't be (``usage-missing``, ``not-billed``...). Events are stored by
-:func:`fluxgate_django.recording.write_events`, idempotently by ``tracking_id``, and
-charged to the team's budgets like any other event.
+(``make_record``, then pricing), unless its ``cost_source`` says why it can't be
+(``usage-missing``, ``not-billed``...). Events go through the site's recorder like any
+other event, are stored idempotently by ``tracking_id``, and are charged to the team's
+budgets (the budget guard's ``charge_ingested``) in the transaction that stores them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from django.conf import settings
+from django.db import connections, router
+from django.http import HttpRequest
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from ..builder import REFUSED_KEY, now
 from ..context import TrackingContext
+from ..guard import charge_ingested
 from ..models import COST_FIELD, Event, Team
-from ..pipeline import build_record, redact_secrets
-from ..records import CallInfo, EventRecord, Source, Status, Usage
+from ..money import MAX_EVENT_COST_USD
+from ..pipeline import finish_record, make_record, submit_batch
+from ..records import CallInfo, CostSource, EventRecord, Source, Status, Usage
+from .validator import FALLBACK, compile_serializer, compile_text, register
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - sites without PostgreSQL (or on psycopg2)
+    psycopg = None  # type: ignore[assignment]
 
 #: Most events in one request.
 MAX_BATCH_SIZE = 1000
@@ -42,6 +65,8 @@ MAX_TAG_LENGTH = 100
 MAX_ERROR_MESSAGE_LENGTH = 4000
 #: How far ahead of the server's clock ``created_at`` may be (client clock skew).
 MAX_CLOCK_SKEW = dt.timedelta(hours=1)
+#: The earliest ``created_at`` (older dates can't be placed in every time zone's windows).
+MIN_CREATED_AT = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 
 _INT32_MAX = 2_147_483_647  # PositiveIntegerField on every database
 _INT16_MAX = 32_767  # PositiveSmallIntegerField
@@ -55,9 +80,22 @@ def _column_length(name: str) -> int | None:
     return getattr(Event._meta.get_field(name), "max_length", None)
 
 
+class TextField(serializers.CharField):
+    """DRF's ``CharField`` for JSON strings only: a number, boolean, list or object is
+    refused ("Not a valid string."), not turned into its ``str()``."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+register(TextField, compile_text)
+
+
 def _text(name: str, **kwargs: Any) -> serializers.CharField:
     """An optional text field bounded like the ``Event`` column it is stored in."""
-    return serializers.CharField(
+    return TextField(
         max_length=kwargs.pop("max_length", None) or _column_length(name),
         required=False,
         allow_blank=True,
@@ -87,6 +125,7 @@ def _money(help_text: str) -> serializers.DecimalField:
     return serializers.DecimalField(
         **COST_FIELD,
         min_value=0,
+        max_value=MAX_EVENT_COST_USD,
         required=False,
         allow_null=True,
         coerce_to_string=True,
@@ -138,7 +177,7 @@ class EventIngestSerializer(serializers.Serializer):
         "Generated when absent (then a retry would store the event twice).",
     )
     created_at = serializers.DateTimeField(required=False, help_text="Default: now.")
-    provider = serializers.CharField(max_length=_column_length("provider"))
+    provider = TextField(max_length=_column_length("provider"))
     model = _text("model", help_text="The model that served the call.")
     requested_model = _text("requested_model")
     operation = _text("operation", help_text="chat, completion, embeddings, responses...")
@@ -196,7 +235,7 @@ class EventIngestSerializer(serializers.Serializer):
         help_text=f"A JSON object of at most {MAX_METADATA_BYTES} bytes.",
     )
     tags = serializers.ListField(
-        child=serializers.CharField(max_length=MAX_TAG_LENGTH),
+        child=TextField(max_length=MAX_TAG_LENGTH),
         max_length=MAX_TAGS,
         required=False,
         default=list,
@@ -205,6 +244,8 @@ class EventIngestSerializer(serializers.Serializer):
     def validate_created_at(self, value: dt.datetime) -> dt.datetime:
         if value > timezone.now() + MAX_CLOCK_SKEW:
             raise serializers.ValidationError("Must not be in the future.")
+        if value < MIN_CREATED_AT:
+            raise serializers.ValidationError("Must not be before 2000-01-01.")
         return value
 
     def validate_metadata(self, value: Any) -> dict[str, Any]:
@@ -233,18 +274,56 @@ class EventBatchSerializer(serializers.Serializer):
 
 
 class IngestedEventSerializer(serializers.Serializer):
-    tracking_id = serializers.UUIDField()
-    duplicate = serializers.BooleanField(help_text="Already stored: skipped.")
-    cost_usd = _money("The cost stored (null: not priced).")
-    cost_source = serializers.CharField()
+    """What became of one posted event (in the order they were posted)."""
+
+    tracking_id = serializers.UUIDField(help_text="The event's id (generated if not given).")
+    duplicate = serializers.BooleanField(
+        help_text="True: not stored by this request, because an event with this tracking_id "
+        "was already stored, or came earlier in this batch (with the same payload). "
+        "False: stored by this request."
+    )
+    cost_usd = _money("The cost stored (null: not priced, or a duplicate).")
+    cost_source = serializers.CharField(
+        help_text="Where the stored cost comes from (client, a price source, unknown...); "
+        "empty for a duplicate."
+    )
+
+
+#: How the answer writes a cost: as its ``cost_usd`` field does (a decimal string).
+_MONEY_OUT = serializers.DecimalField(**COST_FIELD, coerce_to_string=True)
 
 
 class IngestResultSerializer(serializers.Serializer):
-    """What ``POST events/`` answers (202)."""
+    """What ``POST events/`` answers (202): every posted event is either stored or a
+    duplicate (``accepted + duplicates`` is the number posted)."""
 
     accepted = serializers.IntegerField(help_text="Events stored by this request.")
-    duplicates = serializers.IntegerField(help_text="Events skipped: already stored.")
+    duplicates = serializers.IntegerField(
+        help_text="Events not stored: their tracking_id was already stored, or repeated "
+        "in this batch."
+    )
     events = IngestedEventSerializer(many=True)
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        """What DRF's fields make of :func:`ingest`'s result, without their per-field
+        machinery (a batch answers up to 1000 events, and binding the nested fields
+        alone deep-copies them per answer); a test compares the two."""
+        money = _MONEY_OUT
+        return {
+            "accepted": int(instance["accepted"]),
+            "duplicates": int(instance["duplicates"]),
+            "events": [
+                {
+                    "tracking_id": str(e["tracking_id"]),
+                    "duplicate": bool(e["duplicate"]),
+                    "cost_usd": None
+                    if e["cost_usd"] is None
+                    else money.to_representation(e["cost_usd"]),
+                    "cost_source": str(e["cost_source"]),
+                }
+                for e in instance["events"]
+            ],
+        }
 
 
 def check_json_strings(value: Any) -> None:
@@ -268,33 +347,108 @@ def check_json_strings(value: Any) -> None:
             stack.extend((child, depth + 1) for child in item)
 
 
-def parse_ingest_body(data: Any, team: Team) -> list[dict[str, Any]]:
+def _team_value(value: Any, context: Any) -> Any:
+    """``TeamReferenceField``, compiled: the key's own team, else the serializer decides."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise FALLBACK
+    team: Team = context["team"]
+    if value in ("", team.slug, team.pk, str(team.pk)):
+        return team
+    raise FALLBACK
+
+
+def _metadata_value(value: Any, context: Any) -> Any:
+    """``MetadataField`` and ``validate_metadata``, compiled: one JSON encoding for both."""
+    if type(value) is not dict:
+        raise FALLBACK
+    check_json_strings(value)
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        size = len(encoded.encode())  # (UnicodeEncodeError, a ValueError: a lone surrogate)
+    except (ValueError, TypeError):
+        raise FALLBACK from None
+    if size > MAX_METADATA_BYTES:
+        raise FALLBACK
+    return value
+
+
+#: :class:`EventIngestSerializer` as plain functions (``None``: the serializer decides).
+validate_event = compile_serializer(
+    EventIngestSerializer, overrides={"team": _team_value, "metadata": _metadata_value}
+)
+
+
+def _event_errors(item: Any, context: dict[str, Any]) -> Any:
+    """The serializer's answer for one batch item: its validated data, or raises its
+    errors as ``ValidationError`` (as ``EventBatchSerializer`` gives them per index)."""
+    return EventIngestSerializer(context=context).run_validation(item)
+
+
+class IngestEvents(list[dict[str, Any]]):
+    """The validated events of one request; ``batch``: posted as ``{"events": [...]}``
+    (errors are then keyed by the event's index)."""
+
+    batch = False
+
+
+def parse_ingest_body(data: Any, team: Team) -> IngestEvents:
     """The validated events of a request body (one event or ``{"events": [...]}``).
 
-    Raises ``ValidationError`` with per-item errors keyed by index for a batch.
+    Raises ``ValidationError`` with per-item errors keyed by index for a batch. An event
+    repeating the ``tracking_id`` of an earlier one of the batch is refused unless it is
+    the same event (it is then returned again, and :func:`ingest` counts it a duplicate).
     """
     context = {"team": team}
     if isinstance(data, dict) and "events" in data:
-        batch = EventBatchSerializer(data=data, context=context)
-        if not batch.is_valid():
-            errors = batch.errors.get("events")
-            if isinstance(errors, list) and any(isinstance(e, dict) for e in errors):
-                raise serializers.ValidationError(
-                    {"events": {str(i): e for i, e in enumerate(errors) if e}}
-                )
+        items = data["events"]
+        if type(items) is not list or not 1 <= len(items) <= MAX_BATCH_SIZE:
+            batch = EventBatchSerializer(data=data, context=context)
+            batch.is_valid()  # (invalid: the list itself is)
             raise serializers.ValidationError(batch.errors)
-        return list(batch.validated_data["events"])
+        events = IngestEvents()
+        events.batch = True
+        errors: dict[str, Any] = {}
+        first_of: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
+        for index, item in enumerate(items):
+            event = validate_event(item, context)
+            if event is None:
+                try:
+                    event = _event_errors(item, context)
+                except serializers.ValidationError as exc:
+                    errors[str(index)] = exc.detail
+                    continue
+            tracking_id = event.get("tracking_id")
+            if tracking_id is not None:
+                first, first_event = first_of.setdefault(tracking_id, (index, event))
+                if first != index and event != first_event:
+                    errors[str(index)] = {
+                        "tracking_id": [
+                            f"Repeats the tracking_id of event {first} with a different "
+                            "payload: each event needs its own tracking_id."
+                        ]
+                    }
+                    continue
+            events.append(event)
+        if errors:
+            raise serializers.ValidationError({"events": errors})
+        return events
     if not isinstance(data, dict):
         raise serializers.ValidationError(
             {"non_field_errors": ['Expected one event object or {"events": [...]}.']}
         )
-    single = EventIngestSerializer(data=data, context=context)
-    single.is_valid(raise_exception=True)
-    return [single.validated_data]
+    event = validate_event(data, context)
+    if event is None:
+        single = EventIngestSerializer(data=data, context=context)
+        single.is_valid(raise_exception=True)
+        event = dict(single.validated_data)
+    return IngestEvents([event])
 
 
 def to_record(data: dict[str, Any], team: Team) -> EventRecord:
-    """A priced ``EventRecord`` of one validated event of ``team``."""
+    """The ``EventRecord`` of one validated event of ``team`` (not priced yet), carrying
+    the charge of its cost to the team's budgets that applied when it was made."""
     usage = Usage(
         input_tokens=data["input_tokens"],
         output_tokens=data["output_tokens"],
@@ -306,8 +460,6 @@ def to_record(data: dict[str, Any], team: Team) -> EventRecord:
     cost = data.get("cost_usd")
     reason = data["cost_source"]
     status = Status(data["status"])
-    # Priced here unless the client gave the cost, or said why there is none.
-    priced_here = cost is None and not reason and data["usage_reported"]
     info = CallInfo(
         provider=data["provider"],
         operation=data["operation"],
@@ -317,8 +469,9 @@ def to_record(data: dict[str, Any], team: Team) -> EventRecord:
         status=status,
         streamed=data["streamed"],
         service_tier=data["service_tier"],
-        usage_reported=priced_here,
-        usage_missing_reason=reason or "usage-missing",
+        # Priced here unless the client gave the cost, or said why there is none.
+        usage_reported=bool(cost is not None or (not reason and data["usage_reported"])),
+        usage_missing_reason=reason or CostSource.USAGE_MISSING.value,
     )
     end_user = None
     if data["end_user_id"] or data["end_user_email"]:
@@ -334,60 +487,55 @@ def to_record(data: dict[str, Any], team: Team) -> EventRecord:
         metadata=data["metadata"],
         tags=tuple(data["tags"]),
     )
-    failed = status in (Status.ERROR, Status.MALFORMED_REQUEST)
-    record = build_record(
+    created_at = data.get("created_at") or now()
+    return make_record(
         info,
         usage,
         ctx,
-        latency_ms=data.get("latency_ms"),
         source=Source(data["source"]),
         tracking_id=data.get("tracking_id") or uuid.uuid4(),
+        created_at=created_at,
+        latency_ms=data.get("latency_ms"),
         time_to_first_token_ms=data.get("time_to_first_token_ms"),
         stream_duration_ms=data.get("stream_duration_ms"),
         # A failed call that reported no tokens is "not-billed", as for tracked clients.
-        error=_ReportedError() if failed else None,
-    )
-    if cost is not None:
-        record.cost_usd, record.cost_source = cost, reason or "client"
-    record.created_at = data.get("created_at") or record.created_at
-    record.error_type = data["error_type"]
-    record.error_message = redact_secrets(data["error_message"])
-    if data.get("cost_saved_usd") is not None or cost is not None:
+        failed=status in (Status.ERROR, Status.MALFORMED_REQUEST),
+        error_type=data["error_type"],
+        error_message=data["error_message"],
+        cost_usd=cost,
+        cost_source=(reason or CostSource.CLIENT.value) if cost is not None else "",
         # The client's own figures; otherwise the saving priced here (cache reads).
-        record.cost_saved_usd = data.get("cost_saved_usd")
-    record.cache_hit = data["cache_hit"]
-    record.fallback_attempt = data["fallback_attempt"]
-    record.run_id = data["run_id"]
-    record.parent_run_id = data["parent_run_id"]
-    return record
-
-
-class _ReportedError(Exception):
-    """Stands for the error a client reported, so pricing treats the call as failed."""
+        cost_saved_usd=data.get("cost_saved_usd"),
+        cache_hit=data["cache_hit"],
+        fallback_attempt=data["fallback_attempt"],
+        run_id=data["run_id"],
+        parent_run_id=data["parent_run_id"],
+        budget_reservation=charge_ingested(team.pk, data["feature"], created_at),
+    )
 
 
 def ingest(events: Sequence[dict[str, Any]], team: Team) -> dict[str, Any]:
     """Record validated ``events`` of ``team``; returns the ``IngestResultSerializer`` data.
 
     Events whose ``tracking_id`` is already stored (or repeated in the batch) are skipped
-    and counted as duplicates; the others are written in one transaction and charged to
-    the team's budgets.
+    and counted as duplicates; the others go through the pipeline like every other event
+    (priced, recorded by the site's recorder, their cost charged to the team's budgets
+    when they are written).
     """
-    from ..recording import write_events
-
     records = [to_record(data, team) for data in events]
-    stored = set(
-        Event.objects.filter(tracking_id__in=[r.tracking_id for r in records]).values_list(
-            "tracking_id", flat=True
-        )
-    )
+    batch = getattr(events, "batch", len(records) > 1)
+    stored = stored_tracking_ids([r.tracking_id for r in records])
     new: list[EventRecord] = []
     results = []
-    for record in records:
+    errors: dict[str, Any] = {}
+    for index, record in enumerate(records):
         duplicate = record.tracking_id in stored
         stored.add(record.tracking_id)
         if not duplicate:
-            new.append(record)
+            new.append(finish_record(record))
+            refused = _unstorable_price(record)
+            if refused:
+                errors[str(index)] = refused
         results.append(
             {
                 "tracking_id": record.tracking_id,
@@ -396,24 +544,78 @@ def ingest(events: Sequence[dict[str, Any]], team: Team) -> dict[str, Any]:
                 "cost_source": "" if duplicate else record.cost_source,
             }
         )
-    _charge_budgets(new, team)
-    write_events(new)
+    if errors:  # a price no column or counter holds (an absurd ModelPrice): nothing stored
+        raise serializers.ValidationError({"events": errors} if batch else errors["0"])
+    submit_batch(new)
     return {"accepted": len(new), "duplicates": len(records) - len(new), "events": results}
 
 
-def _charge_budgets(records: Sequence[EventRecord], team: Team) -> None:
-    """Have the recorder charge each priced event to the budgets that apply to it.
+def stored_tracking_ids(ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``ids`` are stored already: one query, as plain SQL (the ORM would cost
+    more than the query itself on a single-event request)."""
+    if not ids:
+        return set()
+    field = Event._meta.get_field("tracking_id")
+    conn = connections[router.db_for_read(Event)]
+    table = conn.ops.quote_name(Event._meta.db_table)
+    column = conn.ops.quote_name(str(field.column))
+    params = [field.get_db_prep_value(i, conn) for i in ids]
+    if conn.vendor == "postgresql":
+        conn.ensure_connection()  # (psycopg 3, or psycopg2: then Django's cursor below)
+    if psycopg is not None and isinstance(conn.connection, psycopg.Connection):
+        # One array parameter, server-side binding (psycopg's own cursor, which prepares a
+        # statement run often unless the site's prepare_threshold says not to): no query
+        # text to build, nor to plan on every request. (Django's query logging does not
+        # see it.)
+        sql = f"SELECT {column} FROM {table} WHERE {column} = ANY(%s::uuid[])"
+        with conn.wrap_database_errors, psycopg.Cursor(conn.connection) as cursor:
+            cursor.execute(sql, [params])  # (prepared after a few: psycopg)
+            return {field.to_python(row[0]) for row in cursor.fetchall()}
+    sql = f"SELECT {column} FROM {table} WHERE {column} IN ({', '.join(['%s'] * len(params))})"
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {field.to_python(row[0]) for row in cursor.fetchall()}
 
-    In-process calls reserve before the call and settle after; an ingested event was made
-    elsewhere, so it carries a reservation of 0 on the counters of its window and the
-    recorder settles it with the event's cost, in the transaction that stores the event.
+
+def _unstorable_price(record: EventRecord) -> dict[str, list[str]]:
+    """Field errors for costs priced here that the columns or budget counters can't hold
+    (pricing refused them: see ``builder.refuse_unstorable_price``)."""
+    refused = record.metadata.get(REFUSED_KEY) or {}
+    return {
+        name: [
+            f"From its tokens ({record.provider}/{record.model}) it is {refused[name]} (USD); "
+            "send the cost, or fix the model's price."
+        ]
+        for name in ("cost_usd", "cost_saved_usd")
+        if name in refused
+    }
+
+
+def accept_chunked_body(request: HttpRequest) -> None:
+    """Make a chunked request body (``Transfer-Encoding: chunked``, no ``Content-Length``)
+    readable by DRF, which takes a request without ``Content-Length`` as empty.
+
+    The server has already decoded the chunks: a WSGI server that says so
+    (``wsgi.input_terminated``: gunicorn, uWSGI) gives the body as ``wsgi.input`` read to
+    its end; an ASGI request's stream is the whole body. The body is read up to one byte
+    over ``DATA_UPLOAD_MAX_MEMORY_SIZE``, so the parser still answers 413 for a larger one.
+    A WSGI server that can't decode chunks (wsgiref: ``runserver``) leaves the body empty.
     """
-    from ..budgets import applicable_budgets, counter_ids
-
-    for record in records:
-        if not record.cost_usd:
-            continue
-        budgets = applicable_budgets(team.pk, record.feature)
-        if budgets:
-            counters = counter_ids(budgets, now=record.created_at)
-            record.budget_reservation = {"counters": counters, "estimate_units": 0}
+    meta = request.META
+    if (
+        meta.get("CONTENT_LENGTH")
+        or "chunked" not in meta.get("HTTP_TRANSFER_ENCODING", "").lower()
+    ):
+        return
+    if "wsgi.input" in meta:
+        if not meta.get("wsgi.input_terminated"):
+            return
+        stream: Any = meta["wsgi.input"]
+    else:
+        stream = getattr(request, "_stream", None)
+        if stream is None:
+            return
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    body = stream.read() if limit is None else stream.read(limit + 1)
+    request._stream = io.BytesIO(body)  # type: ignore[attr-defined]
+    meta["CONTENT_LENGTH"] = str(len(body))

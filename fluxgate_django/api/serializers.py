@@ -15,8 +15,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import PermissionDenied
 
-from ..budgets import window_start
 from ..models import COST_FIELD, ApiKey, Budget, Event, SpendCounter, Team
+from ..periods import window_start
 from ..records import Source, Status
 from .permissions import teams_for
 
@@ -188,6 +188,9 @@ class ManagedTeamField(serializers.SlugRelatedField):
         return teams_for(request) if request is not None else Team.objects.none()
 
     def to_internal_value(self, data: Any) -> Team:
+        if isinstance(data, str) and "\x00" in data:
+            # PostgreSQL can't even compare a string holding NUL: a 400, not a 500.
+            raise serializers.ValidationError("Null characters are not allowed.")
         team = super().to_internal_value(data)
         if not teams_for(self.context["request"], manage=True).filter(pk=team.pk).exists():
             raise PermissionDenied(f"Only admins of team {team.slug!r} and staff can do this.")

@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ..conf import fluxgate_settings
-from ..exceptions import BudgetExceeded
+from ..exceptions import BudgetExceeded, CallRefused
 from ..model_refs import UnknownModel, resolve_model
 from ..service import STRATEGIES, AllProvidersFailed, LLMService, classify, set_strategy
 from ..service.metrics import provider_metrics
@@ -119,6 +119,11 @@ class CompleteView(FluxGateAPIView):
             return Response(
                 {"detail": str(exc), "code": "budget_exceeded"},
                 status=status.HTTP_402_PAYMENT_REQUIRED,
+            )
+        except CallRefused as exc:  # the budget store is unreachable (budgets fail closed)
+            return Response(
+                {"detail": str(exc), "code": "budget_store_unavailable"},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         except AllProvidersFailed as exc:
             return Response(

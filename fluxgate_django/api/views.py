@@ -22,8 +22,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import Serializer
 
-from ..budgets import window_start
 from ..models import ApiKey, Budget, Event, SpendCounter, Team
+from ..periods import window_start
 from .base import (
     BoundedJSONParser,
     EventCursorPagination,
@@ -34,6 +34,7 @@ from .ingest import (
     EventBatchSerializer,
     EventIngestSerializer,
     IngestResultSerializer,
+    accept_chunked_body,
     ingest,
     parse_ingest_body,
 )
@@ -97,6 +98,11 @@ class EventViewSet(
 
     def get_parsers(self) -> list[Any]:
         return [BoundedJSONParser()]
+
+    def initialize_request(self, request: Any, *args: Any, **kwargs: Any) -> Request:
+        if request.method == "POST":
+            accept_chunked_body(request)  # (DRF reads no body without Content-Length)
+        return super().initialize_request(request, *args, **kwargs)
 
     def get_queryset(self) -> QuerySet[Event]:
         events = visible_events(self.request)

@@ -8,7 +8,8 @@ import threading
 from django.utils.module_loading import import_string
 
 from ..conf import RECORDER_ALIASES, fluxgate_settings, on_reload
-from .base import BaseRecorder, write_events
+from .base import BaseRecorder
+from .write import write_events
 
 __all__ = ["BaseRecorder", "flush", "get_recorder", "write_events"]
 

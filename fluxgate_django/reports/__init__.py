@@ -10,27 +10,32 @@ The admin report page, ``manage.py fluxgate_report`` and the REST API all call
     report.as_dict()  # {"by", "start", "end", "rows": [...], "total": {...}}
 """
 
-from .queries import (
-    DIMENSIONS,
-    EXPORT_COLUMNS,
-    FILTERS,
-    PRESETS,
-    Breakdown,
-    BreakdownRow,
-    BudgetState,
-    Series,
-    Timeseries,
-    breakdown,
-    budget_state,
-    compare,
-    filter_choices,
-    last_days,
-    preset_range,
-    resolve_filters,
-    site_today,
-    timeseries,
-    visible_teams,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .queries import (
+        DIMENSIONS,
+        EXPORT_COLUMNS,
+        FILTERS,
+        PRESETS,
+        Breakdown,
+        BreakdownRow,
+        BudgetState,
+        Series,
+        Timeseries,
+        breakdown,
+        budget_state,
+        compare,
+        filter_choices,
+        last_days,
+        preset_range,
+        resolve_filters,
+        site_today,
+        timeseries,
+        visible_teams,
+    )
 
 __all__ = [
     "DIMENSIONS",
@@ -53,3 +58,15 @@ __all__ = [
     "timeseries",
     "visible_teams",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, like the package root: importing a submodule (models imports .histogram)
+    # must not import the query layer, which sits above the models.
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(".queries", __name__), name)
+    globals()[name] = value
+    return value

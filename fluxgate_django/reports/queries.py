@@ -326,8 +326,8 @@ def timeseries(
 
 def budget_state(teams: Collection[int] | None = None) -> list[BudgetState]:
     """Every budget of these teams (all when None) with its current window's spend."""
-    from ..budgets import window_start
     from ..models import Budget, SpendCounter
+    from ..periods import window_start
 
     rows = Budget.objects.select_related("team").order_by("team__name", "feature", "period")
     if teams is not None:

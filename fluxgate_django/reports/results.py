@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
+from ..money import MONEY_UNIT, from_units
 from .histogram import BUCKET_COUNT, quantile
 from .managers import COUNTER_FIELDS, MEASURE_FIELDS
 
@@ -38,12 +39,8 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "share_of_cost",
 )
 
-_MONEY_UNIT = Decimal("1e-10")
-
-
-def usd_from_units(units: int) -> Decimal:
-    """Integer units of 1e-10 USD (the rollups' money) → USD."""
-    return (Decimal(units) * _MONEY_UNIT).normalize() if units else Decimal(0)
+_MONEY_UNIT = MONEY_UNIT
+usd_from_units = from_units
 
 
 def plain_decimal(value: Decimal) -> str:

@@ -1,7 +1,7 @@
 """Provider clients for the LLM service: created once per process from
 ``FLUXGATE["PROVIDERS"]``, tracked, with the SDK's own retries off (FluxGate owns retry
 policy). Each provider kind knows how to send a :class:`ServiceRequest` and read the
-answer; usage, cost and the event come from the tracked client, as for any SDK call.
+answer's text; usage, cost and the event come from the tracked client, as for any SDK call.
 
 ``PROVIDERS`` entries: ``openai``, ``anthropic`` and ``gemini`` are their own kind; any
 other name is an OpenAI-compatible endpoint (OpenRouter, vLLM, ...) unless it says
@@ -15,7 +15,6 @@ import threading
 from typing import Any
 
 from ..conf import fluxgate_settings, on_reload
-from ..records import Usage
 from .types import ServiceRequest
 
 ENV_KEYS = {
@@ -24,6 +23,9 @@ ENV_KEYS = {
     "gemini": "GEMINI_API_KEY",
 }
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens
+#: The operation of the call the service makes, per provider kind (as tracked clients
+#: name it).
+OPERATIONS = {"openai": "chat", "anthropic": "messages", "gemini": "generate_content"}
 
 
 def provider_kind(name: str) -> str:
@@ -90,7 +92,7 @@ def _make_client(name: str, asynchronous: bool) -> Any:
         )
         return track_openai(client, provider=name) if kind == "openai" else track_anthropic(client)
     if kind == "gemini":
-        from ..tracking import track_gemini  # type: ignore[attr-defined]
+        from ..tracking import track_gemini
 
         try:
             from google import genai
@@ -190,24 +192,12 @@ def method_of(client: Any, path: tuple[str, ...]) -> Any:
     return target
 
 
-def read_answer(kind: str, response: Any) -> tuple[str, str, Usage, str]:
-    """(text, finish reason, usage, served model) of a provider response."""
+def answer_text(kind: str, response: Any) -> str:
+    """The text of a provider response (its usage, model and finish reason are on
+    ``response.fluxgate``, as the tracked client read them)."""
     if kind == "anthropic":
-        from ..tracking.anthropic import normalise_anthropic_usage
-
-        text = "".join(b.text for b in response.content if getattr(b, "type", "") == "text")
-        usage = normalise_anthropic_usage(response.usage) or Usage()
-        return text, response.stop_reason or "", usage, response.model
+        return "".join(b.text for b in response.content if getattr(b, "type", "") == "text")
     if kind == "gemini":
-        from ..tracking.gemini import normalise_gemini_usage  # type: ignore[attr-defined]
-
-        candidates = response.candidates or []
-        finish = str(getattr(candidates[0], "finish_reason", "") or "") if candidates else ""
-        usage = normalise_gemini_usage(response.usage_metadata) or Usage()
-        return response.text or "", finish, usage, getattr(response, "model_version", "") or ""
-    from ..tracking.openai import normalise_openai_usage
-
-    choice = response.choices[0] if response.choices else None
-    text = (choice.message.content or "") if choice else ""
-    usage = normalise_openai_usage(response.usage) or Usage()
-    return text, (choice.finish_reason or "") if choice else "", usage, response.model
+        return response.text or ""
+    choices = response.choices
+    return (choices[0].message.content or "") if choices else ""

@@ -28,6 +28,7 @@ from typing import Any
 from django.core.cache import caches
 
 from ..conf import fluxgate_settings, on_reload
+from ..estimate import estimate_cost
 from ..model_refs import ModelRef, resolve_model
 from .types import ServiceRequest
 
@@ -84,8 +85,6 @@ def set_strategy(route: str, strategy: str) -> None:
 
 
 def estimated_cost(ref: ModelRef, request: ServiceRequest) -> Any:
-    from ..budgets import estimate_cost
-
     output = request.max_tokens or int(fluxgate_settings.BUDGET_DEFAULT_OUTPUT_TOKENS)
     return estimate_cost(ref.provider, ref.model, request.prompt_chars, output)
 

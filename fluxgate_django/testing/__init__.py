@@ -4,8 +4,8 @@ Importing this package needs neither Django settings nor the LLM SDKs::
 
     from fluxgate_django.testing import FakeProvider, FakeReply
 
-The names are loaded lazily so that ``python -m fluxgate_django.testing.fake_provider``
-runs without a double-import warning.
+The names are loaded lazily: the fake provider package (``fake_provider/``; serve it by hand
+with ``python -m fluxgate_django.testing.fake_provider``) is imported on first use.
 """
 
 from __future__ import annotations

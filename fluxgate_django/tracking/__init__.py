@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..conf import fluxgate_settings
 from ..context import EMPTY_CONTEXT
 from .anthropic import AnthropicAdapter
-from .core import instrument_client, is_instrumented
-from .gemini import GeminiAdapter, instrument_gemini_client
+from .core import instrument, is_instrumented
+from .gemini import GeminiReader, GeminiTransport
 from .openai import OpenAIAdapter
+from .stainless import StainlessTransport
 
 if TYPE_CHECKING:
     from anthropic import Anthropic, AsyncAnthropic  # noqa: F401
@@ -34,7 +35,8 @@ def track_openai(
     if client is None:
         client = _client_from_settings(provider, "openai", "OpenAI")
     _check(client, "openai")
-    return instrument_client(client, OpenAIAdapter(provider), EMPTY_CONTEXT.merge(**context))
+    reader = OpenAIAdapter(provider)
+    return instrument(client, StainlessTransport(reader), reader, EMPTY_CONTEXT.merge(**context))
 
 
 def track_anthropic(client: ClientT | None = None, **context: Any) -> ClientT:
@@ -42,7 +44,8 @@ def track_anthropic(client: ClientT | None = None, **context: Any) -> ClientT:
     if client is None:
         client = _client_from_settings("anthropic", "anthropic", "Anthropic")
     _check(client, "anthropic")
-    return instrument_client(client, AnthropicAdapter(), EMPTY_CONTEXT.merge(**context))
+    reader = AnthropicAdapter()
+    return instrument(client, StainlessTransport(reader), reader, EMPTY_CONTEXT.merge(**context))
 
 
 def track_gemini(client: ClientT | None = None, **context: Any) -> ClientT:
@@ -60,7 +63,8 @@ def track_gemini(client: ClientT | None = None, **context: Any) -> ClientT:
             "track_gemini() takes a google-genai client (google.genai.Client(), or its .aio), "
             f"not {type(client).__name__}"
         )
-    return instrument_gemini_client(client, GeminiAdapter(), EMPTY_CONTEXT.merge(**context))
+    bound = EMPTY_CONTEXT.merge(**context)
+    return instrument(client, GeminiTransport(), GeminiReader(), bound)
 
 
 def _gemini_client_from_settings() -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..outcomes import error_status, set_finish
 from ..records import CallInfo, Status, Usage
-from .core import SdkTypes
+from .stainless import SdkTypes
 
 
 def normalise_anthropic_usage(usage: Any) -> Usage | None:

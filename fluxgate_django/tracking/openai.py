@@ -12,7 +12,7 @@ from typing import Any
 
 from ..outcomes import error_status, read_responses_outcome, set_finish
 from ..records import CallInfo, Status, Usage
-from .core import SdkTypes
+from .stainless import SdkTypes
 
 _OPERATIONS = {
     "/chat/completions": "chat",

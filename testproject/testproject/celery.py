@@ -10,12 +10,13 @@ import os
 
 from celery import Celery
 
-from fluxgate_django.celery_support import beat_schedule
+from fluxgate_django.celery_support import beat_schedule, configure_celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
 
 app = Celery("testproject")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+configure_celery(app)  # FluxGate's worker settings (README, "Running at scale": Celery)
 app.autodiscover_tasks()
 
 

@@ -6,8 +6,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from ...budgets import reconcile, window_start
+from ...ledger import reconcile
 from ...models import Budget, SpendCounter, from_units
+from ...periods import window_start
 
 
 class Command(BaseCommand):

@@ -1,11 +1,16 @@
-"""``manage.py fluxgate_replay_spool``: write the events spooled during a database outage.
+"""``manage.py fluxgate_replay_spool``: write the events spooled during a database outage,
+and the journals of processes that died.
 
 Spooled events are also replayed by the next successful write of the process that
 spooled them and by the ``fluxgate.replay_spool`` periodic task; this command is for a
 process that is gone (a stopped server, a crashed worker) or to empty the spool by hand.
 Replaying is idempotent by ``tracking_id`` and settles the budget reservations the
-events carry exactly once. Exits with status 1 if events remain spooled (the database is
-still unreachable).
+events carry exactly once. A line without a valid MAC (planted, another site's) is
+never stored: it is counted as rejected and kept aside in ``rejected.jsonl``.
+
+It prints what it did — events written, lines rejected, events still in the spool — and
+exits with status 1 if events remain spooled, saying why (the database error that
+stopped the replay, or another process replaying them).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from fluxgate_django.recording import spool
-from fluxgate_django.recording.base import write_events
+from fluxgate_django.recording.write import write_events
 
 
 class Command(BaseCommand):
@@ -23,12 +28,22 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         directory = spool.spool_dir()
-        written = spool.replay(write_events)
-        left = sorted(directory.glob("*.jsonl"))
-        self.stdout.write(f"Replayed {written} spooled events from {directory}.")
-        if left:
+        result = spool.replay_all(write_events)
+        pending = spool.pending_events(directory)
+        self.stdout.write(
+            f"Replayed the spool in {directory}: {result.written} events written, "
+            f"{result.rejected} lines rejected, {pending} events still pending."
+        )
+        if result.rejected:
+            self.stdout.write(
+                f"Rejected lines (no valid MAC, or unreadable) were not stored; they are "
+                f"kept in {directory / spool.REJECTED_FILE}."
+            )
+        if pending:
+            if result.error:
+                why = f"the database failed: {result.error}"
+            else:
+                why = "another process is replaying them"
             raise CommandError(
-                f"{len(left)} spool file(s) ({spool.size_bytes(directory)} bytes) are still in "
-                f"{directory}: the database is unreachable, or another process is replaying "
-                "them. Run the command again later."
+                f"{pending} events are still in the spool ({why}). Run the command again later."
             )

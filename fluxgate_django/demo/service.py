@@ -14,9 +14,9 @@ from typing import Any
 from django.conf import settings
 from django.test.utils import override_settings
 
-from fluxgate_django import LLMService, tracking_context
-from fluxgate_django.service import AllProvidersFailed
-from fluxgate_django.testing import FakeReply
+from .. import LLMService, tracking_context
+from ..service import AllProvidersFailed
+from ..testing import FakeReply
 
 TASKS = {
     "summarize": "Summarise this release note for the changelog: ...",

@@ -1,0 +1,189 @@
+"""The SQL that inserts event rows: ``COPY`` through a staging table on PostgreSQL, one
+prepared ``INSERT … ON CONFLICT DO NOTHING`` elsewhere; both skip stored tracking ids."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+
+from ..records import EventRecord
+from .rows import event_rows_spec
+
+#: The session's staging table (PostgreSQL), emptied at every commit.
+STAGING = "fluxgate_incoming_events"
+
+
+class _Inserter:
+    """Inserts event rows, skipping tracking ids already stored.
+
+    PostgreSQL: ``COPY`` into a session temp table, then ``INSERT ... SELECT`` — close to
+    ``COPY``'s speed. If a tracking id is already stored, that INSERT fails and is redone
+    as ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING tracking_id``, which says
+    which rows *this* transaction inserted (a row another transaction is inserting at the
+    same moment is waited for and left to it), so budgets and rollups count each event
+    once even when the same batch is written twice at once. Elsewhere: one prepared
+    ``INSERT ... ON CONFLICT DO NOTHING`` run with executemany.
+
+    ``bulk_create`` builds a model instance and compiles SQL per row (~50 µs an event);
+    the writer thread shares the GIL with the callers' LLM calls, so it is kept lean: rows
+    come from :class:`_EventRows`, and values are adapted by each field's own
+    ``get_db_prep_save`` only for the types that need it (UUID, datetime, Decimal, JSON).
+    """
+
+    _ADAPTED = ("UUIDField", "DateTimeField", "DecimalField", "JSONField")
+
+    def __init__(self, conn: Any) -> None:
+        from django.db.models.constants import OnConflict
+
+        from ..models import Event
+
+        fields = event_rows_spec().fields
+        ops = conn.ops
+        qn = ops.quote_name
+        table = qn(Event._meta.db_table)
+        columns = ", ".join(qn(f.column) for f in fields)
+        conflict = ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, None, None) or ""
+        self.sql = (
+            f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} {table} ({columns}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))}){conflict}"
+        )
+        staging = qn(STAGING)
+        self.create_staging = (
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS AS "
+            f"SELECT {columns} FROM {table} WITH NO DATA"
+        )
+        # (Emptied at every commit: this only matters for a second write in a transaction;
+        # DELETE of an empty temp table costs nothing, TRUNCATE makes a new file.)
+        self.empty_staging = f"DELETE FROM {staging}"
+        self.copy = f"COPY {staging} ({columns}) FROM STDIN"
+        self.values_prefix = f"INSERT INTO {table} ({columns}) VALUES "
+        self.values_row = f"({', '.join(['%s'] * len(fields))})"
+        self.returning = f"{conflict} RETURNING {qn(Event._meta.get_field('tracking_id').column)}"
+        self.move = f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging}"
+        self.move_new = f"{self.move}{self.returning}"
+        self.adapted = [
+            (i, f) for i, f in enumerate(fields) if f.get_internal_type() in self._ADAPTED
+        ]
+        # COPY sends every value as text, parsed by its column's type: only JSON needs
+        # encoding here (psycopg writes UUIDs, datetimes and Decimals as is).
+        self.json = [
+            (i, getattr(f, "encoder", None))
+            for i, f in enumerate(fields)
+            if f.get_internal_type() == "JSONField"
+        ]
+
+    def params(self, row: list[Any], conn: Any) -> list[Any]:
+        """A row's values as query parameters."""
+        params = list(row)
+        for i, field in self.adapted:
+            params[i] = field.get_db_prep_save(params[i], conn)
+        return params
+
+    def copy_row(self, row: list[Any]) -> list[Any]:
+        """A row's values for ``COPY``."""
+        values = list(row)
+        for i, encoder in self.json:
+            value = values[i]
+            if value is None:
+                continue
+            if not value and value.__class__ in (dict, list):
+                values[i] = "{}" if value.__class__ is dict else "[]"  # (most tags, metadata)
+            else:
+                values[i] = json.dumps(value, cls=encoder)
+        return values
+
+
+_inserters: dict[str, _Inserter] = {}
+
+
+def _inserter(conn: Any) -> _Inserter:
+    inserter = _inserters.get(conn.vendor)
+    if inserter is None:
+        inserter = _inserters[conn.vendor] = _Inserter(conn)
+    return inserter
+
+
+def insert(rows: Sequence[list[Any]]) -> None:
+    """Insert the rows with executemany, skipping tracking ids already stored."""
+    conn = connections[DEFAULT_DB_ALIAS]  # this thread's connection, not the proxy
+    inserter = _inserter(conn)
+    params = [inserter.params(row, conn) for row in rows]
+    with conn.cursor() as cursor:
+        for start in range(0, len(params), 1000):
+            cursor.executemany(inserter.sql, params[start : start + 1000])
+
+
+#: Up to this many rows, one ``INSERT … VALUES … RETURNING`` costs fewer round trips than
+#: ``COPY`` through the staging table (the sync recorder, a quiet site's flushes).
+SMALL_BATCH = 50
+
+
+def insert_new(rows: Sequence[list[Any]]) -> set[Any] | None:
+    """PostgreSQL: insert the rows, skipping tracking ids already stored. Returns None
+    when every row was inserted (a big batch), else the tracking ids this transaction
+    inserted."""
+    if len(rows) > SMALL_BATCH:
+        return _copy_insert(rows)
+    conn = connections[DEFAULT_DB_ALIAS]
+    inserter = _inserter(conn)
+    params = [value for row in rows for value in inserter.params(row, conn)]
+    values = ", ".join([inserter.values_row] * len(rows))
+    with conn.cursor() as cursor:
+        cursor.execute(f"{inserter.values_prefix}{values}{inserter.returning}", params)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _copy_insert(rows: Sequence[list[Any]]) -> set[Any] | None:
+    """PostgreSQL: insert the rows through the staging table. Returns None when every row
+    was inserted (the usual case: one plain ``INSERT … SELECT``), else — some were stored
+    before (a spool replay, a batch delivered again) or are in the batch twice — the
+    tracking ids this transaction inserted (``ON CONFLICT DO NOTHING RETURNING``, ~25%
+    slower, so only then)."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    inserter = _inserter(conn)
+    with conn.cursor() as cursor:
+        cursor.execute(inserter.create_staging)
+        cursor.execute(inserter.empty_staging)  # (a write earlier in this transaction)
+        # psycopg raises its own errors from COPY: made Django's here, like every other
+        # statement's (and the connection marked as having failed).
+        with conn.wrap_database_errors, cursor.copy(inserter.copy) as copy:
+            for row in rows:
+                copy.write_row(inserter.copy_row(row))
+        try:
+            with transaction.atomic():
+                cursor.execute(inserter.move)
+            return None
+        except IntegrityError:
+            pass
+        cursor.execute(inserter.move_new)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def inserted_rows(
+    records: Sequence[EventRecord], rows: Sequence[list[Any]], inserted: set[Any]
+) -> tuple[list[EventRecord], list[list[Any]]]:
+    """The records (and their rows) this transaction inserted (a repeated tracking id
+    counts once)."""
+    fresh, fresh_rows = [], []
+    for record, row in zip(records, rows, strict=True):
+        if record.tracking_id in inserted:
+            inserted.discard(record.tracking_id)
+            fresh.append(record)
+            fresh_rows.append(row)
+    return fresh, fresh_rows
+
+
+def write_one_by_one(rows: list[Any]) -> None:
+    from ..models import Event
+
+    for row in rows:
+        try:
+            with transaction.atomic():
+                Event.objects.bulk_create([row], ignore_conflicts=True)
+        except IntegrityError:
+            row.user_id = None
+            row.team_id = None
+            Event.objects.bulk_create([row], ignore_conflicts=True)
