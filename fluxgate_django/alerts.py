@@ -16,7 +16,7 @@ import urllib.request
 from decimal import Decimal
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
 from .celery_app import TASKS, celery_configured, site_celery_app
@@ -38,9 +38,12 @@ def raise_alert(budget: Any, counter: Any, threshold: int, *, kind: str = "thres
     from .models import BudgetAlert
     from .signals import budget_threshold_crossed
 
+    # On the alerts' database, a savepoint inside the write's transaction there (or its
+    # own transaction); announced once that commits.
+    alias = str(router.db_for_write(BudgetAlert))
     try:
-        with transaction.atomic():
-            alert = BudgetAlert.objects.create(
+        with transaction.atomic(using=alias):
+            alert = BudgetAlert.objects.using(alias).create(
                 budget=budget,
                 window_start=counter.window_start,
                 threshold_percent=threshold,
@@ -63,15 +66,17 @@ def raise_alert(budget: Any, counter: Any, threshold: int, *, kind: str = "thres
         )
         dispatch_notification(alert.pk)
 
-    transaction.on_commit(announce)
+    transaction.on_commit(announce, using=alias)
     return True
 
 
 def check_thresholds(counter_ids: list[int]) -> None:
-    """Raise the alerts that these counters' spend has reached (called after settling)."""
+    """Raise the alerts that these counters' spend has reached (called after settling, in
+    the same transaction: read where they were written, never a lagging replica)."""
     from .models import SpendCounter
 
-    for counter in SpendCounter.objects.filter(id__in=counter_ids).select_related("budget"):
+    counters = SpendCounter.objects.db_manager(router.db_for_write(SpendCounter))
+    for counter in counters.filter(id__in=counter_ids).select_related("budget"):
         for threshold in thresholds_crossed(
             counter.budget.alert_threshold_percent, counter.spent_units, counter.limit_units
         ):
@@ -120,7 +125,7 @@ def _start_thread(func: Any, arg: int) -> None:
 def _run_and_close(func: Any, arg: int, attempts: int = 5) -> None:
     import time
 
-    from django.db import OperationalError, connection
+    from django.db import OperationalError, connections
 
     try:
         for attempt in range(attempts):
@@ -131,12 +136,12 @@ def _run_and_close(func: Any, arg: int, attempts: int = 5) -> None:
                 # A busy or briefly unreachable database: try again shortly.
                 if attempt == attempts - 1:
                     raise
-                connection.close()
+                connections.close_all()
                 time.sleep(0.05 * 2**attempt)
     except Exception:
         logger.exception("FluxGate could not send a notification (%s %s)", func.__name__, arg)
     finally:
-        connection.close()
+        connections.close_all()  # this thread's own, whichever databases it used
 
 
 def _admin_emails(team: Any) -> list[str]:

@@ -10,6 +10,9 @@
 * ``fluxgate.E008`` PROVIDERS is malformed
 * ``fluxgate.E009`` the spool directory is another user's, or others can write to it
   (:mod:`.checks_spool`)
+* ``fluxgate.E010`` SERVICE_CACHE_SCOPE is neither ``"team"`` nor ``"site"``
+* ``fluxgate.E011`` FluxGate's models are routed to more than one database for writing
+  (:mod:`.checks_databases`)
 * ``fluxgate.W001`` an unknown FLUXGATE key (probably a typo)
 """
 
@@ -22,6 +25,7 @@ from django.core.checks import Error, Tags, Warning, register
 
 from . import (
     checks_celery,  # noqa: F401  (registers the Celery worker settings checks)
+    checks_databases,  # noqa: F401  (registers the database routing check, E011)
     checks_spool,  # noqa: F401  (registers the spool directory check, E009)
 )
 from .conf import DEFAULTS, RECORDER_ALIASES, fluxgate_settings
@@ -187,12 +191,23 @@ def _check_numbers() -> list[Any]:
 def _check_cache() -> list[Any]:
     from django.conf import settings
 
+    errors = []
     alias = fluxgate_settings.RESPONSE_CACHE.get("alias", "default")
     if alias not in getattr(settings, "CACHES", {"default": {}}):
-        return [
+        errors.append(
             _error(
                 f"FLUXGATE['RESPONSE_CACHE']['alias'] is {alias!r}, which is not in CACHES.",
                 "fluxgate.E007",
             )
-        ]
-    return []
+        )
+    scope = fluxgate_settings.SERVICE_CACHE_SCOPE
+    if scope not in ("team", "site"):
+        errors.append(
+            _error(
+                f"FLUXGATE['SERVICE_CACHE_SCOPE'] is {scope!r}.",
+                "fluxgate.E010",
+                'Use "team" (a cached answer serves only the team that got it) or "site" '
+                "(shared by every team).",
+            )
+        )
+    return errors

@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     "ROUTES": {},
     "CIRCUIT_BREAKER": {"failures": 3, "cooldown_seconds": 300},
     "RESPONSE_CACHE": {"alias": "default", "ttl": 3600},
+    # Whose calls a cached LLMService answer may serve: "team" (only the team that got
+    # it; calls with no team share among themselves) or "site" (every team: the same
+    # request gets the same answer whoever asks). A hit is recorded for the caller's team.
+    "SERVICE_CACHE_SCOPE": "team",
     # Thread/Celery recorders: write (or send) a batch when this many events are queued
     # (one transaction, or one task, per batch; see "Running at scale" in the README) ...
     "BATCH_SIZE": 2000,
@@ -88,6 +92,11 @@ DEFAULTS: dict[str, Any] = {
         "block_minutes": 0,
         "cache_alias": "default",
     },
+    # A stream nobody has read for this many seconds (a caller that stopped half-way and
+    # dropped it without close()) is recorded as not completed and its budget reservation
+    # settled, instead of when it is garbage-collected. None or 0: not on a timer (still on
+    # close, at the end of the request that started it, and on collection).
+    "STREAM_IDLE_TIMEOUT": 60,
     # Delete events older than this many days (periodic task; rollups are kept). None: never.
     "RETENTION_DAYS": None,
     # Budget alert e-mails: sender (None: DEFAULT_FROM_EMAIL) and webhook timeout.

@@ -11,16 +11,28 @@ reservation travels on the call's event (``make_record(budget_reservation=...)``
 settled with the real cost when the event is submitted, at the end of the call (see
 :mod:`fluxgate_django.ledger`). Ingested events (made elsewhere) are charged by
 :func:`charge_ingested` the same way, with a reservation of 0.
+
+When the guard cannot decide — the database is unreachable, or the guard itself fails
+(a bug: any exception that is not a refusal) — ``FLUXGATE["BUDGET_FAIL_OPEN"]`` decides,
+one path for both (:func:`_cannot_check`): False (the default) refuses the call with
+:class:`~fluxgate_django.exceptions.BudgetStoreUnavailable`, True lets it through. Each
+cause (exception type and message) is logged once per :data:`LOG_REPEATS_AFTER` seconds,
+not once per call. ``RAISE_ERRORS`` does not change that decision: under tests a guard
+bug is still loud by default, as the refusal whose ``__cause__`` it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import threading
+import time
 from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections
 from django.utils import timezone
 
@@ -28,8 +40,8 @@ from . import alerts, ledger, runaway, teams
 from .conf import fluxgate_settings
 from .context import Deferred, TrackingContext
 from .errors import capture_internal_exceptions
-from .estimate import estimate_cost
-from .exceptions import BudgetExceeded, BudgetStoreUnavailable
+from .estimate import calibration, estimate_cost, output_tokens_bound
+from .exceptions import BudgetExceeded, BudgetStoreUnavailable, CallRefused
 from .money import from_units, to_units
 from .periods import window_end
 from .pipeline import make_record, submit
@@ -46,12 +58,18 @@ class Reservation:
     counters: list[int]
     estimate_units: int
     released: bool = False
+    #: The call's bound before calibration (what its real cost is compared with).
+    bound_units: int = 0
 
     def as_record_field(self) -> dict[str, Any]:
         """What the call's event carries (``make_record(budget_reservation=...)``), so that
         the recorder settles it with the event's real cost, atomically."""
         self.released = True
-        return {"counters": self.counters, "estimate_units": self.estimate_units}
+        return {
+            "counters": self.counters,
+            "estimate_units": self.estimate_units,
+            "bound_units": self.bound_units,
+        }
 
     def settle(self, cost: Decimal | None) -> None:
         """Settle now (for callers that record no event): charge ``cost``, free the rest."""
@@ -70,7 +88,18 @@ BudgetGuard = Reservation
 
 
 def might_apply(ctx: TrackingContext) -> bool:
-    """Cheap, in memory: could a budget apply to a call in ``ctx``? (False: skip the check.)"""
+    """Cheap, in memory: could a budget apply to a call in ``ctx``? (False: skip the check.)
+
+    If the answer can't be worked out (a bug), True: :func:`check_budget` then decides,
+    under ``BUDGET_FAIL_OPEN``."""
+    try:
+        return _might_apply(ctx)
+    except Exception as exc:
+        _log_once(exc, "checking whether a budget applies", internal=True)
+        return True
+
+
+def _might_apply(ctx: TrackingContext) -> bool:
     if ctx.team is None:
         return False
     known, team_id = teams.cached_team_id(ctx.team)
@@ -94,70 +123,191 @@ def check_budget(
     provider: str,
     model: str,
     *,
-    prompt_chars: int,
+    input_tokens: int,
     max_output_tokens: int | None,
+    choices: int = 1,
     source: Source = Source.SDK,
     operation: str = "",
     record_fields: dict[str, Any] | None = None,
 ) -> Reservation | None:
-    """Reserve the estimated cost of a call on every budget that applies.
+    """Reserve what a call may cost on every budget that applies: ``input_tokens`` (the
+    request's bound: ``estimate.input_tokens_bound``) and ``max_output_tokens`` (the
+    call's cap, or None) times ``choices``, at the model's price
+    (:func:`fluxgate_django.estimate.output_tokens_bound`), scaled up where this model's
+    calls have cost more than their bound (``estimate.calibration``).
 
     ``record_fields`` are ``make_record`` keywords for the ``BUDGET_EXCEEDED`` event of a
     refused call (e.g. LangChain's ``run_id`` / ``parent_run_id``).
 
     Returns None when no budget applies. Raises :class:`BudgetExceeded` (after recording
     a ``BUDGET_EXCEEDED`` event) when a blocking budget would be exceeded, and
-    :class:`BudgetStoreUnavailable` when the database can't be asked (unless
-    ``BUDGET_FAIL_OPEN``).
+    :class:`BudgetStoreUnavailable` when the budget can't be checked — the database
+    can't be asked, or the guard itself failed — unless ``BUDGET_FAIL_OPEN``.
     """
     refusal = _Refusal(ctx, provider, model, source, operation, record_fields)
-    alias = ledger.counters_alias()
     try:
-        try:
-            # (A connection that stops answering is shut, not waited on forever.)
-            with stalls.watch(alias):
-                checked = _reserve(refusal, prompt_chars, max_output_tokens)
-        except (DatabaseError, InterfaceError) as exc:
-            # The next statement must not meet the same dead connection: a long-lived
-            # process has no request cycle to discard it. If one was open (it may just
-            # be stale: the server restarted), ask once more on a new one.
-            if not ledger.discard_broken_connections(exc):
-                raise
-            with stalls.watch(alias):
-                checked = _reserve(refusal, prompt_chars, max_output_tokens)
+        checked = _checked_reserve(refusal, (input_tokens, max_output_tokens, choices))
+    except CallRefused:
+        raise  # the budget (or a runaway block) said no
     except (DatabaseError, InterfaceError) as exc:
         ledger.discard_broken_connections(exc)
-        known, team_id = _known_without_budget(ctx)
-        if known:  # an outage is no reason to refuse a team that has no budget
-            if team_id is not None:
-                _check_runaway_block(refusal, team_id)  # (kept in the cache)
-            return None
-        if fluxgate_settings.BUDGET_FAIL_OPEN:
-            logger.warning("FluxGate budget store unreachable; allowing the call (fail open)")
-            return None
-        raise BudgetStoreUnavailable(
-            "FluxGate could not check the team's budget because the database is unreachable; "
-            "the call was blocked. Set FLUXGATE['BUDGET_FAIL_OPEN'] = True to allow calls "
-            "when the budget store is down.",
-            team=ctx.team,
-        ) from exc
+        _cannot_check(refusal, exc, internal=False)
+        return None
+    except Exception as exc:  # the guard's own failure: not a reason to skip budgets
+        _cannot_check(refusal, exc, internal=True)
+        return None
     if checked is None:
         return None
-    budgets, ids, units, reserved = checked
+    budgets, ids, (units, bound), reserved = checked
     if len(reserved) == len(ids):
-        return Reservation(ids, units)
-    if reserved:
-        ledger.settle_counters({c: (units, 0) for c in reserved})
+        return Reservation(ids, units, bound_units=bound)
     failed = [(b, c) for b, c in zip(budgets, ids, strict=True) if c not in reserved]
-    _reject(refusal, failed[0][0], failed[0][1], units)
+    _reject(refusal, failed[0][0], failed[0][1], units, reserved)
     return None  # pragma: no cover - _reject always raises
 
 
+def _checked_reserve(
+    refusal: _Refusal, size: tuple[int, int | None, int]
+) -> tuple[list[ledger.BudgetInfo], list[int], tuple[int, int], set[int]] | None:
+    """:func:`_reserve`, asked once more on a new connection if the one it met was broken."""
+    alias = ledger.counters_alias()
+    try:
+        # (A connection that stops answering is shut, not waited on forever.)
+        with stalls.watch(alias):
+            return _reserve(refusal, size)
+    except (DatabaseError, InterfaceError) as exc:
+        # The next statement must not meet the same dead connection: a long-lived
+        # process has no request cycle to discard it. If one was open (it may just
+        # be stale: the server restarted), ask once more on a new one.
+        if not ledger.discard_broken_connections(exc):
+            raise
+        with stalls.watch(alias):
+            return _reserve(refusal, size)
+
+
+def _cannot_check(refusal: _Refusal, exc: Exception, *, internal: bool) -> None:
+    """The budget could not be checked (``exc``: the database unreachable, or — with
+    ``internal`` — the guard's own failure): ``BUDGET_FAIL_OPEN`` decides. Returns (no
+    reservation: the call goes ahead) or raises :class:`BudgetStoreUnavailable`."""
+    ctx = refusal.ctx
+    try:
+        known, team_id = _known_without_budget(ctx)
+        if known:  # no reason to refuse a team that has no budget
+            if team_id is not None:
+                _check_runaway_block(refusal, team_id)  # (kept in the cache)
+            return
+    except CallRefused:
+        raise
+    except Exception:  # (in memory; if even this fails, the setting decides)
+        pass
+    fail_open = _fail_open()
+    what = "the guard failed" if internal else "the budget store is unreachable"
+    _log_once(
+        exc,
+        f"checking the budget ({what})",
+        internal=internal,
+        decision="the call was allowed (BUDGET_FAIL_OPEN)" if fail_open else "the call was refused",
+    )
+    if fail_open:
+        return
+    reason = (
+        f"of an internal error ({type(exc).__name__})"
+        if internal
+        else "the database is unreachable"
+    )
+    raise BudgetStoreUnavailable(
+        f"FluxGate could not check the team's budget because {reason}; the call was "
+        "blocked. Set FLUXGATE['BUDGET_FAIL_OPEN'] = True to allow calls when the budget "
+        "store is down.",
+        team=ctx.team,
+    ) from exc
+
+
+def _fail_open() -> bool:
+    try:
+        return bool(fluxgate_settings.BUDGET_FAIL_OPEN)
+    except Exception:  # unreadable settings: the default
+        return False
+
+
+#: A cause (exception type and message) is logged again after this many seconds at the
+#: earliest, with the number of times it recurred meanwhile.
+LOG_REPEATS_AFTER = 300.0
+
+
+class _OncePerCause:
+    """Log each cause of a failed budget check once per :data:`LOG_REPEATS_AFTER` seconds:
+    a broken guard or a database outage fails every call, and one line per call would
+    bury the log. Holds at most ``max_causes`` causes (the oldest are forgotten)."""
+
+    max_causes = 256
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: dict[tuple[str, str], list[float]] = {}  # cause: [logged at, repeats]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.seen.clear()
+
+    def due(self, cause: tuple[str, str]) -> int | None:
+        """None if ``cause`` was logged less than LOG_REPEATS_AFTER ago (counted), else
+        how often it recurred since it was last logged."""
+        now = time.monotonic()
+        with self.lock:
+            entry = self.seen.get(cause)
+            if entry is not None and now - entry[0] < LOG_REPEATS_AFTER:
+                entry[1] += 1
+                return None
+            self.seen.pop(cause, None)
+            if len(self.seen) >= self.max_causes:
+                del self.seen[next(iter(self.seen))]
+            self.seen[cause] = [now, 0]
+            return int(entry[1]) if entry is not None else 0
+
+
+_logged = _OncePerCause()
+
+
+def _cause(exc: BaseException) -> tuple[str, str]:
+    """``(type, message)`` of an exception, the message on one line and at most 300
+    characters. (The guard handles no prompt text and no key: a message can't hold them.)"""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    message = " ".join(str(exc).split())
+    return name, message[:300] + ("..." if len(message) > 300 else "")
+
+
+def _log_once(exc: BaseException, what: str, *, internal: bool, decision: str = "") -> None:
+    """Log the cause of a failure once per cause and LOG_REPEATS_AFTER seconds: an
+    internal error as an error with its traceback, an outage as a warning."""
+    cause = _cause(exc)
+    repeats = _logged.due(cause)
+    if repeats is None:
+        return
+    again = f" (again; {repeats} more times since last logged)" if repeats else ""
+    if internal:
+        logger.error(
+            "FluxGate internal error while %s: %s: %s; %s%s",
+            what,
+            *cause,
+            decision or "ignored",
+            again,
+            exc_info=exc,
+        )
+    else:
+        logger.warning("FluxGate: %s: %s: %s; %s%s", what, *cause, decision, again)
+
+
 def _reserve(
-    refusal: _Refusal, prompt_chars: int, max_output_tokens: int | None
-) -> tuple[list[ledger.BudgetInfo], list[int], int, set[int]] | None:
-    """The database half of :func:`check_budget`: ``(budgets, counters, units, counters
-    that took the reservation)``, or None when no budget applies."""
+    refusal: _Refusal, size: tuple[int, int | None, int]
+) -> tuple[list[ledger.BudgetInfo], list[int], tuple[int, int], set[int]] | None:
+    """The database half of :func:`check_budget`: ``(budgets, counters, (units, bound
+    units), counters that took the reservation)``, or None when no budget applies."""
     ctx = refusal.ctx
     team_id = teams.team_id_of(ctx.team)
     if team_id is None:
@@ -167,15 +317,14 @@ def _reserve(
     if not budgets:
         return None
     ledger.settler.wait()  # this process's previous calls' real costs first
-    out_tokens = (
-        max_output_tokens
-        if max_output_tokens is not None
-        else int(fluxgate_settings.BUDGET_DEFAULT_OUTPUT_TOKENS)
-    )
-    estimate = estimate_cost(refusal.provider, refusal.model, prompt_chars, out_tokens)
-    units = to_units(estimate) if estimate is not None else 0
+    provider, model = refusal.provider, refusal.model
+    input_tokens, cap, choices = size
+    output_tokens = output_tokens_bound(provider, model, cap, input_tokens, choices)
+    estimate = estimate_cost(provider, model, input_tokens, output_tokens)
+    bound = to_units(estimate) if estimate is not None else 0
+    units = math.ceil(bound * calibration.scale(provider, model))
     ids = ledger.counter_ids(budgets)
-    return budgets, ids, units, ledger.reserve(ids, units)
+    return budgets, ids, (units, bound), ledger.reserve(ids, units)
 
 
 def _known_without_budget(ctx: TrackingContext) -> tuple[bool, int | None]:
@@ -263,21 +412,39 @@ class _Refusal:
             )
 
 
-def _reject(refusal: _Refusal, budget: ledger.BudgetInfo, counter_id: int, units: int) -> None:
+def _reject(
+    refusal: _Refusal,
+    budget: ledger.BudgetInfo,
+    counter_id: int,
+    units: int,
+    reserved: set[int],
+) -> None:
+    """Refuse the call (a blocking budget's counter did not take its reservation): free
+    what the other counters took, record the refusal, raise :class:`BudgetExceeded`.
+    The budget has said no, so a failure in this bookkeeping still refuses the call."""
     from .models import SpendCounter
 
-    counter = SpendCounter.objects.select_related("budget").get(id=counter_id)
+    team = refusal.ctx.team
+    scope = f"team {team!r}{' feature ' + repr(budget.feature) if budget.feature else ''}"
+    try:
+        if reserved:
+            ledger.settle_counters({c: (units, 0) for c in reserved})
+        counter = SpendCounter.objects.select_related("budget").get(id=counter_id)
+    except Exception as exc:
+        _log_once(exc, "refusing a call over its budget", internal=True, decision="refused")
+        message = f"Budget exceeded for {scope}: its limit per {budget.period} would be passed."
+        refusal.record(message, budget)
+        raise BudgetExceeded(message, team=team) from exc
     limit, spent = counter.limit, counter.spent
     window = (counter.window_start, window_end(budget.period, counter.window_start))
-    team = refusal.ctx.team
     message = (
-        f"Budget exceeded for team {team!r}"
-        f"{' feature ' + repr(budget.feature) if budget.feature else ''}: "
+        f"Budget exceeded for {scope}: "
         f"${spent} spent + ${counter.reserved} in flight of ${limit} per {budget.period}; "
         f"this call needs ~${from_units(units)}."
     )
     refusal.record(message, budget)
-    alerts.raise_alert(counter.budget, counter, 100, kind="blocked")
+    with capture_internal_exceptions("raising a budget alert"):
+        alerts.raise_alert(counter.budget, counter, 100, kind="blocked")
     raise BudgetExceeded(
         message, team=team, budget=counter.budget, limit=limit, spent=spent, window=window
     )
@@ -290,12 +457,15 @@ def _check_runaway_block(refusal: _Refusal, team_id: int) -> None:
     until = runaway.blocked_until(team_id, feature or "")
     if until is None:
         return
+    site_zone = timezone.get_default_timezone()
     message = (
         f"Runaway spend detected for team {refusal.ctx.team!r}"
         f"{' feature ' + repr(feature) if feature else ''}: calls are blocked until "
-        f"{until:%Y-%m-%d %H:%M:%S %Z}."
+        f"{timezone.localtime(until, site_zone):%Y-%m-%d %H:%M:%S %Z}."
     )
     refusal.record(message, None)
+    if not settings.USE_TZ:  # the window as the site's other datetimes: naive, local
+        until = timezone.make_naive(until, site_zone)
     raise BudgetExceeded(message, team=refusal.ctx.team, window=(timezone.now(), until))
 
 

@@ -145,7 +145,9 @@ def counter_ids(budgets: Iterable[BudgetInfo], now: dt.datetime | None = None) -
     wanted = [(b, window_start(b.period, now)) for b in budgets]
     missing = [(b, start) for b, start in wanted if (b.id, start) not in _cache.counters]
     if missing:
-        SpendCounter.objects.bulk_create(
+        # (Read back where they were written: a replica may not have them yet.)
+        counters = SpendCounter.objects.db_manager(counters_alias())
+        counters.bulk_create(
             [
                 SpendCounter(
                     budget_id=b.id,
@@ -157,7 +159,7 @@ def counter_ids(budgets: Iterable[BudgetInfo], now: dt.datetime | None = None) -
             ],
             ignore_conflicts=True,
         )
-        for row in SpendCounter.objects.filter(
+        for row in counters.filter(
             budget_id__in=[b.id for b, _ in missing],
             window_start__in={start for _, start in missing},
         ).values("id", "budget_id", "window_start"):
@@ -258,12 +260,16 @@ def _update_returning(conn: Any) -> bool:
     return False
 
 
-def settle_counters(changes: dict[int, tuple[int, int]]) -> str | None:
+def settle_counters(
+    changes: dict[int, tuple[int, int]], *, own_transaction: bool = False
+) -> str | None:
     """Apply ``{counter_id: (reserved units to free, units spent)}``.
 
     On PostgreSQL it is one statement, which returns its transaction's id: if the commit
     fails (a cut connection), :func:`resolve_settlements` asks the server whether it
-    happened anyway. None elsewhere (or with nothing to apply)."""
+    happened anyway. None elsewhere (or with nothing to apply). ``own_transaction``: the
+    atomic block it runs in is FluxGate's own, not a caller's, so its commit need not wait
+    for the WAL flush either (see :func:`_without_commit_wait`)."""
     if not changes:
         return None
     conn, table = _connection()
@@ -281,7 +287,7 @@ def settle_counters(changes: dict[int, tuple[int, int]]) -> str | None:
                     "reserved_units = c.reserved_units - v.freed, "
                     "spent_units = c.spent_units + v.spent"
                 )
-                if conn.in_atomic_block:
+                if conn.in_atomic_block and not own_transaction:
                     sql = f"UPDATE {target} SET {assignments} FROM {sources} WHERE {where}"
                 else:  # its own transaction
                     sql = _without_commit_wait(target, assignments, where, sources=sources)
@@ -474,8 +480,12 @@ class _Settler:
         assert reservation is not None
         xid = None
         try:
-            with transaction.atomic():  # (a savepoint inside a caller's transaction)
-                xid = settle_counters(settlement_for([record]))
+            # A transaction (a savepoint inside a caller's) on the counters' database, so
+            # that its id is known before its COMMIT, which a cut connection may lose.
+            alias = counters_alias()
+            own = not connections[alias].in_atomic_block
+            with transaction.atomic(using=alias):
+                xid = settle_counters(settlement_for([record]), own_transaction=own)
         except (DatabaseError, InterfaceError) as exc:
             discard_broken_connections(exc)
             logger.warning(
@@ -502,12 +512,14 @@ class _Settler:
         with self._lock:
             self._pending.discard(future)
 
-    def wait(self, timeout: float = 2.0) -> None:
-        """Wait (off any event loop) for this process's pending settlements."""
+    def wait(self, timeout: float = 2.0) -> bool:
+        """Wait (off any event loop) for this process's pending settlements; False if some
+        were still pending after ``timeout``."""
         with self._lock:
             pending = list(self._pending)
-        if pending:
-            concurrent.futures.wait(pending, timeout=timeout)
+        if not pending:
+            return True
+        return not concurrent.futures.wait(pending, timeout=timeout).not_done
 
 
 settler = _Settler()
@@ -524,7 +536,8 @@ def reconcile(budget: Any, *, release_reservations: bool = False) -> Any:
 
     start = window_start(budget.period)
     lower, upper = window_bounds(budget.period, start)
-    events = Event.objects.filter(
+    # (The events as written, on the counters' database: not a replica that may lag.)
+    events = Event.objects.using(counters_alias()).filter(
         team_id=budget.team_id, created_at__gte=lower, created_at__lt=upper
     )
     if budget.feature:

@@ -33,6 +33,12 @@ leaks into the next request served by the same thread or task. It is also availa
 ``request.fluxgate_context``. Streaming responses are iterated in the request's context,
 so LLM calls made lazily while streaming are attributed too.
 
+**Abandoned streams**: an LLM stream started while serving the request and still open
+when the response is done is recorded then (as not completed; see
+:mod:`fluxgate_django.tracking.reaper`): when the view returns, or, for a streaming
+response — whose body may be reading that very stream — when the server closes the
+response, after sending the body (or losing the client).
+
 The middleware is sync and async capable. Under ASGI it does no I/O at all; the lookups
 run where a call needs them, off the event loop (the budget check of an async call runs
 in a worker thread and resolves the team — and with it the user — there). A lookup that
@@ -44,6 +50,8 @@ the loop; the loop waits for that one lookup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import re
 import threading
 import uuid
@@ -56,7 +64,9 @@ from django.utils.crypto import salted_hmac
 from django.utils.functional import LazyObject, empty
 
 from .context import Deferred, TrackingContext, current_context, reset_context, set_context
+from .errors import capture_internal_exceptions
 from .teams import RequestTeam
+from .tracking.reaper import RequestStreams
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TEAM_HEADER = "X-FluxGate-Team"
@@ -227,12 +237,8 @@ class FluxGateContextMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        token = set_context(self._start(request))
-        try:
-            response = self.get_response(request)
-            return self._finish(response)
-        finally:
-            reset_context(token)
+        with self._serving(request) as streams:
+            return self._finish(self.get_response(request), streams)
 
     def process_view(
         self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any
@@ -242,13 +248,9 @@ class FluxGateContextMiddleware:
     # -- async --------------------------------------------------------------------------
 
     async def __acall__(self, request: HttpRequest) -> Any:
-        token = set_context(self._start(request))
-        try:
+        with self._serving(request) as streams:
             get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
-            response = await get_response(request)
-            return self._finish(response)
-        finally:
-            reset_context(token)
+            return self._finish(await get_response(request), streams)
 
     async def _aprocess_view(
         self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any
@@ -256,6 +258,22 @@ class FluxGateContextMiddleware:
         self._set_default_feature(request)
 
     # -- shared -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _serving(self, request: HttpRequest) -> Iterator[RequestStreams]:
+        """The request's context and its LLM streams, current while it is served; reset
+        after, so nothing leaks into the next request of this thread or task."""
+        token = set_context(self._start(request))
+        streams = RequestStreams()
+        streams_token = streams.activate()
+        try:
+            yield streams
+        except BaseException:
+            _end_streams(streams)
+            raise
+        finally:
+            streams.deactivate(streams_token)
+            reset_context(token)
 
     @staticmethod
     def _start(request: HttpRequest) -> TrackingContext:
@@ -283,27 +301,44 @@ class FluxGateContextMiddleware:
             set_context(ctx)
 
     @staticmethod
-    def _finish(response: HttpResponseBase) -> HttpResponseBase:
+    def _finish(response: HttpResponseBase, streams: RequestStreams) -> HttpResponseBase:
         ctx = current_context()
         response.setdefault(REQUEST_ID_HEADER, ctx.request_id or "")
-        if response.streaming and not isinstance(response, FileResponse):
-            _stream_in_context(response, ctx)
+        if not response.streaming:
+            _end_streams(streams)
+            return response
+        if not isinstance(response, FileResponse):
+            _stream_in_context(response, ctx, streams)
+        # The body may be one of the request's LLM streams, read as it is sent: the
+        # request's streams end when the server closes the response, after the body's own
+        # close (Django's close hooks, where a streaming response puts its body's close).
+        closers = response._resource_closers  # type: ignore[attr-defined]
+        closers.append(functools.partial(_end_streams, streams))
         return response
 
 
-def _stream_in_context(response: Any, ctx: TrackingContext) -> None:
-    """Iterate the response body with ``ctx`` current: it runs after the middleware returns."""
+def _end_streams(streams: RequestStreams) -> None:
+    """Record the request's LLM streams that are still open (abandoned by the view)."""
+    with capture_internal_exceptions("ending the request's streams"):
+        streams.close()
+
+
+def _stream_in_context(response: Any, ctx: TrackingContext, streams: RequestStreams) -> None:
+    """Iterate the response body with ``ctx`` (and the request's streams) current: it runs
+    after the middleware returns."""
     content = response.streaming_content
     if response.is_async:
 
         async def agen(parts: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             while True:
                 token = set_context(ctx)
+                streams_token = streams.activate()
                 try:
                     part = await anext(parts)
                 except StopAsyncIteration:
                     return
                 finally:
+                    streams.deactivate(streams_token)
                     reset_context(token)
                 yield part
 
@@ -313,11 +348,13 @@ def _stream_in_context(response: Any, ctx: TrackingContext) -> None:
         def gen(parts: Iterator[bytes]) -> Iterator[bytes]:
             while True:
                 token = set_context(ctx)
+                streams_token = streams.activate()
                 try:
                     part = next(parts)
                 except StopIteration:
                     return
                 finally:
+                    streams.deactivate(streams_token)
                     reset_context(token)
                 yield part
 

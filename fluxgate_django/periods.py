@@ -1,7 +1,9 @@
-"""Budget windows (a day or a month) in the site's time zone.
+"""Budget windows (a day or a month) in the site's time zone (``settings.TIME_ZONE``).
 
-Works with ``USE_TZ`` on or off: with it off, datetimes are naive local times and the
-window is the local date of ``now``.
+Works with ``USE_TZ`` on or off. On, a window is the site-local date of an aware time
+(whatever time zone a request activated: every user shares the site's windows). Off,
+datetimes are naive local times of the server (``TIME_ZONE``, which Django makes the
+process's time zone) and the window is the date of ``now`` as it stands.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from django.utils import timezone
 
 
 def local_date(now: dt.datetime | None = None) -> dt.date:
-    """The site-local date of ``now`` (default: the current time)."""
+    """The site-local date of ``now`` (default: the current time); a naive ``now`` is
+    taken as a site-local time already."""
     now = now or timezone.now()
     if timezone.is_naive(now):
         return now.date()
-    return timezone.localtime(now).date()
+    return timezone.localtime(now, timezone.get_default_timezone()).date()
 
 
 def window_start(period: str, now: dt.datetime | None = None) -> dt.date:
@@ -40,5 +43,5 @@ def window_bounds(period: str, start: dt.date) -> tuple[dt.datetime, dt.datetime
     upper = dt.datetime.combine(end, dt.time.min)
     if not settings.USE_TZ:
         return lower, upper
-    tz = timezone.get_current_timezone()
+    tz = timezone.get_default_timezone()
     return timezone.make_aware(lower, tz), timezone.make_aware(upper, tz)

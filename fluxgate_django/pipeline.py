@@ -26,6 +26,7 @@ from .builder import (
 )
 from .conf import fluxgate_settings
 from .errors import capture_internal_exceptions
+from .estimate import calibration
 from .pricing import calculate_cost
 from .recording import get_recorder, journal
 from .recording.write import write_events
@@ -77,6 +78,7 @@ def submit(record: EventRecord) -> EventRecord:
     _finish_safely(record)
     with capture_internal_exceptions("settling a budget reservation"):
         ledger.settler.settle(record)
+        calibration.observe_record(record)
     with capture_internal_exceptions("recording"):
         recorder = get_recorder()
         if recorder.uses_journal:

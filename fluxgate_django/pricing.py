@@ -121,6 +121,7 @@ class PriceBook:
         self._overrides_loaded_at: float | None = None
         self._loading = threading.Lock()
         self._warned: set[tuple[str, str]] = set()
+        self._windows: dict[tuple[str, str], int | None] = {}
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -223,6 +224,31 @@ class PriceBook:
             source="genai-prices",
         )
 
+    def context_window(self, provider: str, model: str) -> int | None:
+        """The model's context window in tokens (genai-prices data), or None if unknown."""
+        key = (provider, model)
+        if key not in self._windows:
+            if len(self._windows) >= _MAX_CACHED_MODELS:
+                self._windows.clear()
+            self._windows[key] = self._lookup_window(provider, model)
+        return self._windows[key]
+
+    @staticmethod
+    def _lookup_window(provider: str, model: str) -> int | None:
+        from genai_prices import Usage as GenaiUsage
+        from genai_prices import calc_price
+
+        try:
+            calc = calc_price(
+                GenaiUsage(input_tokens=0, output_tokens=0),
+                model,
+                provider_id=GENAI_PROVIDER_IDS.get(provider, provider),
+            )
+        except LookupError:
+            return None
+        window = getattr(calc.model, "context_window", None)
+        return window if isinstance(window, int) and window > 0 else None
+
     def _warn_unknown(self, provider: str, model: str) -> None:
         key = (provider, model)
         if key not in self._warned and len(self._warned) < _MAX_CACHED_MODELS:
@@ -240,23 +266,27 @@ class PriceBook:
         loaded = self._overrides_loaded_at
         if loaded is not None and time.monotonic() - loaded < fluxgate_settings.PRICE_CACHE_SECONDS:
             return
-        if not self._loading.acquire(blocking=False):
+        loading = self._loading  # (this one: reset() may replace it meanwhile)
+        if not loading.acquire(blocking=False):
             return
         if _in_event_loop():
             # No database I/O on an event loop: read them in a thread; until then the
             # overrides known so far (always including this process's own saves) apply.
             self._overrides_loaded_at = time.monotonic()
-            threading.Thread(target=self._load_overrides, args=(True,), daemon=True).start()
+            threading.Thread(
+                target=self._load_overrides, args=(loading, True), daemon=True
+            ).start()
         else:
-            self._load_overrides()
+            self._load_overrides(loading)
 
-    def _load_overrides(self, in_own_thread: bool = False) -> None:
-        from django.db import connection
+    def _load_overrides(self, loading: threading.Lock, in_own_thread: bool = False) -> None:
+        from django.db import connections, router
 
         from .models import ModelPrice
 
         # A caller's thread that had no connection (a LangChain callback pool, a worker
         # thread) is not left holding one for this one read.
+        connection = connections[router.db_for_read(ModelPrice)]
         opened_here = connection.connection is None and not connection.in_atomic_block
         try:
             self._overrides = {
@@ -271,7 +301,7 @@ class PriceBook:
         finally:
             if in_own_thread or opened_here:
                 connection.close()
-            self._loading.release()
+            loading.release()
 
     def set_override(self, row: Any) -> None:
         self._overrides[(row.provider, row.model)] = rates_from_model_price(row)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from django.db import router
 from django.utils import timezone
 
 from .conf import fluxgate_settings
@@ -21,13 +22,14 @@ def delete_old_events(*, batch_size: int = 10_000, now: dt.datetime | None = Non
     if not days:
         return 0
     cutoff = (now or timezone.now()) - dt.timedelta(days=int(days))
+    events = Event.objects.db_manager(router.db_for_write(Event))  # (not a read replica)
     deleted = 0
     while True:
         ids = list(
-            Event.objects.filter(created_at__lt=cutoff)
+            events.filter(created_at__lt=cutoff)
             .order_by("created_at")
             .values_list("id", flat=True)[:batch_size]
         )
         if not ids:
             return deleted
-        deleted += Event.objects.filter(id__in=ids)._raw_delete(Event.objects.db)
+        deleted += events.filter(id__in=ids)._raw_delete(events.db)

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.cache import caches
-from django.db import transaction
+from django.db import router, transaction
 from django.utils import timezone
 
 from .alerts import dispatch_anomaly_notification
@@ -142,17 +142,20 @@ def _check(scopes: list[tuple[int, str]], minute: int) -> None:
             runaways.append((*scope, recent_usd, baseline_per_window))
     if not runaways:
         return
-    # One transaction for the batch's anomalies: their notifications go out once all of
-    # them are stored (a team and its feature often run away together).
-    with transaction.atomic():
+    from .models import SpendAnomaly
+
+    # One transaction for the batch's anomalies (on their database): their notifications
+    # go out once all of them are stored (a team and its feature often run away together).
+    alias = str(router.db_for_write(SpendAnomaly))
+    with transaction.atomic(using=alias):
         for team_id, feature, recent_usd, baseline_per_window in runaways:
             # Once per window, across processes.
             if cache.add(f"fluxgate:anomaly:{_scope(team_id, feature)}", 1, window * 60):
-                _raise_anomaly(team_id, feature, window, recent_usd, baseline_per_window)
+                _raise_anomaly(team_id, feature, window, recent_usd, baseline_per_window, alias)
 
 
 def _raise_anomaly(
-    team_id: int, feature: str, window: int, recent: Decimal, baseline: Decimal
+    team_id: int, feature: str, window: int, recent: Decimal, baseline: Decimal, alias: str
 ) -> None:
     from .models import SpendAnomaly, Team
 
@@ -161,8 +164,8 @@ def _raise_anomaly(
     if block_minutes:
         blocked_until = timezone.now() + dt.timedelta(minutes=block_minutes)
         _cache().set(_block_key(team_id, feature), blocked_until.timestamp(), block_minutes * 60)
-    team = Team.objects.get(pk=team_id)
-    anomaly = SpendAnomaly.objects.create(
+    team = Team.objects.using(alias).get(pk=team_id)
+    anomaly = SpendAnomaly.objects.using(alias).create(
         team=team,
         feature=feature[: SpendAnomaly._meta.get_field("feature").max_length],
         window_minutes=window,
@@ -188,7 +191,7 @@ def _raise_anomaly(
         baseline_usd=baseline,
     )
     # After commit: the notification is read by another thread or a Celery worker.
-    transaction.on_commit(lambda: dispatch_anomaly_notification(anomaly.pk))
+    transaction.on_commit(lambda: dispatch_anomaly_notification(anomaly.pk), using=alias)
 
 
 def _block_key(team_id: int, feature: str) -> str:

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from celery import shared_task
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db import DatabaseError
 from django.utils import timezone
 
 from .alerts import check_thresholds, send_anomaly_notifications, send_notifications
@@ -17,8 +17,9 @@ from .celery_app import TASKS
 from .celery_support import RECORD_EVENTS_TIME_LIMIT, RETRY_BACKOFF_MAX
 from .models import Budget, BudgetAlert, SpendCounter
 from .periods import window_start
-from .recording import spool
+from .recording import failures, spool
 from .recording.celery import payload_records
+from .recording.rows import events_alias
 from .recording.write import write_events
 from .retention import delete_old_events
 
@@ -74,7 +75,10 @@ def record_events(payload: str | list[dict[str, Any]]) -> int:
     try:
         return write_events(records, spool_on_error=False)
     except DATABASE_ERRORS:
-        _discard_connection()  # the next attempt (in this process) opens a new one
+        # A psycopg error raised unwrapped (COPY) does not mark the connection unusable
+        # for Django, which would hand the broken one to the next task: the next attempt
+        # (in this process) opens a new one.
+        failures.discard_connection(events_alias())
         raise  # autoretry_for: retried with backoff
     except Exception:
         logger.exception(
@@ -83,17 +87,6 @@ def record_events(payload: str | list[dict[str, Any]]) -> int:
         )
         spool.append(records)
         raise
-
-
-def _discard_connection() -> None:
-    """Close this process's connection: a psycopg error raised unwrapped (``COPY``) does
-    not mark it unusable for Django, which would hand the broken one to the next task."""
-    conn = connections[DEFAULT_DB_ALIAS]
-    try:
-        if not conn.in_atomic_block:
-            conn.close()
-    except Exception:  # closing a broken connection can fail too: it is gone either way
-        conn.connection = None
 
 
 @shared_task(name=TASKS.send_budget_alert, acks_late=True, max_retries=3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -109,7 +110,9 @@ class FluxGateHandler(BaseCallbackHandler):
     the graph, which stops a runaway agent loop (and an unreachable budget store, when
     budgets fail closed, :class:`~fluxgate_django.exceptions.BudgetStoreUnavailable`: both
     are a :class:`~fluxgate_django.exceptions.CallRefused`). Outside Django nothing is
-    enforced locally.
+    enforced locally. A refusal is a decision, not a failing callback: FluxGate logs it
+    once on ``fluxgate.langchain`` (INFO; WARNING for an unreachable budget store), and
+    LangChain's own "Error in FluxGateHandler... callback" warning for it is dropped.
 
     **Async runs** (``ainvoke``, ``astream``, async graphs) never wait on the event loop:
     the start hooks are coroutines there, awaiting the budget check in a worker thread, and
@@ -345,8 +348,9 @@ class FluxGateHandler(BaseCallbackHandler):
         sink, run = start.sink, start.run
         try:
             sink.begin(run, start.messages, start.params, enforce_budgets=self.enforce_budgets)
-        except BaseException:
+        except BaseException as exc:
             self._runs.pop(run.run_id)  # LangChain reports no end for a run that never began
+            _refusing(exc, run)
             raise
         run.started = time.perf_counter()  # latency is the model's, not the reservation's
 
@@ -356,8 +360,9 @@ class FluxGateHandler(BaseCallbackHandler):
             await sink.abegin(
                 run, start.messages, start.params, enforce_budgets=self.enforce_budgets
             )
-        except BaseException:
+        except BaseException as exc:
             self._runs.pop(run.run_id)
+            _refusing(exc, run)
             raise
         run.started = time.perf_counter()
 
@@ -453,6 +458,63 @@ class FluxGateHandler(BaseCallbackHandler):
                 "response": getattr(generation, "text", None),
             }
         return info, usage, fields
+
+
+# -- refusals: FluxGate's log line, not LangChain's "Error in ... callback" ---------------
+
+#: The logger LangChain's callback managers report a hook's exception on, at WARNING
+#: ("Error in FluxGateHandler.on_chat_model_start callback: BudgetExceeded(...)"), before
+#: re-raising it for a handler with ``raise_error``.
+LANGCHAIN_CALLBACK_LOGGER = "langchain_core.callbacks.manager"
+
+_pending = threading.local()
+
+
+class _RefusalLogFilter(logging.Filter):
+    """Drops LangChain's report of the refusal this thread's FluxGate hook has just raised.
+
+    A refusal is FluxGate's decision, not a failing callback: FluxGate logs it itself
+    (:func:`_refusing`), and the caller still gets the exception. The record dropped is
+    the one, logged on this thread right after the hook raised, whose arguments hold that
+    exception's ``repr`` (LangChain logs ``repr(e)``); every other record of LangChain's —
+    another handler's error, a FluxGate bug — passes. Matched once, then forgotten.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = getattr(_pending, "text", None)
+        if text is None:
+            return True
+        args = record.args
+        if isinstance(args, tuple) and text in args:
+            _pending.text = None
+            return False
+        return True
+
+
+_refusal_filter = _RefusalLogFilter()
+
+
+def _refusing(exc: BaseException, run: LLMRun) -> None:
+    """``exc`` leaves a start hook: a ``CallRefused`` is logged here (INFO; WARNING for a
+    budget store that can't be asked), and LangChain's report of it is dropped."""
+    from fluxgate_django.exceptions import BudgetStoreUnavailable, CallRefused
+
+    if not isinstance(exc, CallRefused):
+        return
+    try:
+        logger.log(
+            logging.WARNING if isinstance(exc, BudgetStoreUnavailable) else logging.INFO,
+            "FluxGate refused a LangChain %s call (%s, run %s): %s",
+            run.requested_model or run.provider or "model",
+            type(exc).__name__,
+            run.run_id,
+            exc,
+        )
+        # (Added each time: cheap, a no-op once there, and back if logging was reconfigured.)
+        logging.getLogger(LANGCHAIN_CALLBACK_LOGGER).addFilter(_refusal_filter)
+        _pending.text = repr(exc)
+    except Exception:  # logging must not turn the refusal into another error
+        logger.debug("FluxGate could not log a refusal", exc_info=True)
 
 
 def _serialized_name(serialized: Mapping[str, Any] | None) -> str:

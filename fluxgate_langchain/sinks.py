@@ -174,13 +174,17 @@ class DjangoSink(Sink):
 
 def _budget_args(run: LLMRun, messages: Any, params: dict[str, Any]) -> dict[str, Any]:
     """``check_budget`` keywords for a run about to call its model."""
-    from fluxgate_django.estimate import max_output_tokens, prompt_chars
+    from fluxgate_django.estimate import choices, input_tokens_bound, max_output_tokens
     from fluxgate_django.records import Source
 
     texts = [[getattr(m, "content", m) for m in batch] for batch in messages or ()]
+    # The messages, and what the model is called with beside them (bound tools, a
+    # response format...).
+    request = {**params, "messages": texts}
     return {
-        "prompt_chars": prompt_chars({"messages": texts}),
+        "input_tokens": input_tokens_bound(request, run.provider, run.requested_model),
         "max_output_tokens": max_output_tokens(params, run.operation),
+        "choices": choices(params),
         "source": Source.LANGCHAIN,
         "operation": run.operation,
         "record_fields": run.record_fields(),  # the refused run's place in its graph

@@ -67,8 +67,8 @@ def _install_hold(spec: str) -> None:
 
         insert = base.insert_new  # the workers write to PostgreSQL
 
-        def insert_then_hold(rows: Any) -> Any:
-            inserted = insert(rows)  # inside write_events' transaction
+        def insert_then_hold(rows: Any, *args: Any) -> Any:
+            inserted = insert(rows, *args)  # inside write_events' transaction
             at = event_rows.event_rows_spec().columns.index("tracking_id")
             _hold_once(marker, [str(row[at]) for row in rows])
             return inserted

@@ -86,12 +86,16 @@ def _clear_cache():
 
 @pytest.fixture(autouse=True)
 def _fresh_price_overrides():
-    """A ModelPrice saved in a rolled-back test must not price the next test's calls."""
+    """A ModelPrice saved in a rolled-back test must not price the next test's calls, nor
+    a model's learned calibration scale its reservations."""
+    from fluxgate_django.estimate import calibration
     from fluxgate_django.pricing import price_book
 
     price_book.reset_overrides()
+    calibration.clear()  # (nor what one test's fake usage taught the budget estimates)
     yield
     price_book.reset_overrides()
+    calibration.clear()
 
 
 @pytest.fixture
@@ -112,4 +116,3 @@ def spool_dir(tmp_path, monkeypatch):
     with fluxgate_overrides(SPOOL_DIR=str(path)):
         yield path
     budgets.clear_cache()
-

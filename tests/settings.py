@@ -1,5 +1,6 @@
 """Settings for the test suite: SQLite by default, PostgreSQL with DATABASE_URL."""
 
+import copy
 import os
 import tempfile
 
@@ -47,8 +48,11 @@ if DATABASE_URL.startswith(("postgres://", "postgresql://")):
     import dj_database_url
 
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
-    if os.environ.get("TEST_DATABASE_NAME"):  # e.g. to run two suites side by side
-        DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}
+    # One test database per run (named in the environment, so child processes use it
+    # too), unless TEST_DATABASE_NAME names one: two suites can run side by side.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.setdefault("TEST_DATABASE_NAME", f"test_fluxgate_{os.getpid()}")
+    }
 else:
     # A file (not ":memory:", whose shared cache makes a thread that meets another's lock
     # fail at once): the recorders' writers and the sync recorder's hand-off on an event
@@ -72,6 +76,21 @@ else:
             },
         }
     }
+
+# A second database, used only by tests/test_routers.py (its router sends FluxGate's models
+# there); no other test touches it, and pytest-django creates its test database only when a
+# test asks for it. SQLite: a second file; PostgreSQL: the default test database's name plus
+# "_fluxgate" on the same server.
+DATABASES["fluxgate"] = copy.deepcopy(DATABASES["default"])
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    _SQLITE_FLUXGATE = _SQLITE.removesuffix(".sqlite3") + "-fluxgate.sqlite3"
+    DATABASES["fluxgate"]["NAME"] = _SQLITE_FLUXGATE
+    DATABASES["fluxgate"]["TEST"] = {"NAME": _SQLITE_FLUXGATE}
+else:
+    _TEST_NAME = DATABASES["default"].get("TEST", {}).get("NAME") or (
+        "test_" + DATABASES["default"]["NAME"]
+    )
+    DATABASES["fluxgate"]["TEST"] = {"NAME": f"{_TEST_NAME}_fluxgate"}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "static/"

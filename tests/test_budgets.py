@@ -15,6 +15,7 @@ from django.core.management import call_command
 from django.db import OperationalError
 from django.test import override_settings
 
+import fluxgate_django
 from fluxgate_django import (
     BudgetExceeded,
     ledger,
@@ -175,21 +176,24 @@ def test_day_and_month_windows_roll_over_in_the_site_time_zone(client, fake, tea
     ]
 
 
-def test_reservation_uses_max_tokens_or_the_default(client, fake, team):
+def test_reservation_uses_max_tokens_or_the_models_output_limit(client, fake, team):
     budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.005"))
     # 1000 output tokens at $10/MTok = $0.01 > $0.005: refused before sending.
-    with tracking_context(team="search"), pytest.raises(BudgetExceeded):
+    with tracking_context(team="search"), pytest.raises(BudgetExceeded, match=r"~\$0\.010"):
         client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=1000)
-    # Without max_tokens the default (1024) applies, which doesn't fit either.
-    with tracking_context(team="search"), pytest.raises(BudgetExceeded):
-        client.chat.completions.create(model="gpt-4o", messages=MSGS)
+    # Without max_tokens, gpt-4o's output limit (16,384 tokens: $0.164) is what it may
+    # cost, not a small default, even with BUDGET_DEFAULT_OUTPUT_TOKENS set low (that is
+    # for models whose limit isn't known).
     with (
         override_settings(
             FLUXGATE={"RECORDER": "sync", "RAISE_ERRORS": True, "BUDGET_DEFAULT_OUTPUT_TOKENS": 200}
         ),
         tracking_context(team="search"),
+        pytest.raises(BudgetExceeded, match=r"~\$0\.164"),
     ):
         client.chat.completions.create(model="gpt-4o", messages=MSGS)
+    with tracking_context(team="search"):
+        client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=200)
     assert fake.request_count == 1
     assert spent(budget) > 0
 
@@ -248,6 +252,7 @@ def test_anthropic_and_async_clients_are_budgeted(
     fake.default_reply = CALL
     with pytest.raises(BudgetExceeded):
         asyncio.run(loop())
+    assert fluxgate_django.flush(timeout=10)  # (the events, and settlements under way)
     assert spent(budget) <= budget.limit_usd
     assert spent(budget) == Event.objects.filter(team=team).total_cost()
 

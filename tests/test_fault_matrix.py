@@ -109,7 +109,7 @@ def reserved_records(slug: str, n: int) -> list[Any]:
     records = []
     for _ in range(n):
         reservation = check_budget(
-            TrackingContext(team=slug), "openai", "gpt-4o", prompt_chars=40, max_output_tokens=50
+            TrackingContext(team=slug), "openai", "gpt-4o", input_tokens=14, max_output_tokens=50
         )
         assert reservation is not None
         records.append(make_record(team=slug, budget_reservation=reservation.as_record_field()))
@@ -323,9 +323,9 @@ def test_a_connection_cut_during_the_commit_of_a_calls_settlement(
     armed = threading.local()
     fired: list[int] = []
 
-    def settle_counters(changes: Any) -> Any:
+    def settle_counters(changes: Any, **options: Any) -> Any:
         armed.on = threading.current_thread().name == "caller"
-        return real_settle(changes)
+        return real_settle(changes, **options)
 
     def spent() -> int:
         import psycopg
@@ -431,7 +431,7 @@ def test_a_restart_between_calls_is_invisible_to_a_long_lived_process(proxy, mon
                 TrackingContext(team="restart"),
                 "openai",
                 "gpt-4o",
-                prompt_chars=40,
+                input_tokens=14,
                 max_output_tokens=50,
             )
             assert reservation is not None
@@ -457,7 +457,7 @@ def test_a_stalled_connection_under_a_budget_check(proxy, monkeypatch, capsys):
             TrackingContext(team="stall-budget"),
             "openai",
             "gpt-4o",
-            prompt_chars=40,
+            input_tokens=14,
             max_output_tokens=50,
         )
 
@@ -509,7 +509,7 @@ def test_a_team_known_to_have_no_budget_is_not_refused_during_an_outage(monkeypa
 
     def check(slug: str) -> Any:
         return check_budget(
-            TrackingContext(team=slug), "openai", "gpt-4o", prompt_chars=40, max_output_tokens=50
+            TrackingContext(team=slug), "openai", "gpt-4o", input_tokens=14, max_output_tokens=50
         )
 
     with fluxgate_overrides(BUDGET_CACHE_SECONDS=0.05):

@@ -75,7 +75,7 @@ def spooled_lines(path) -> int:
 def reserved_record(team: str, **fields: Any) -> Any:
     """A record carrying a budget reservation, as a tracked call makes it."""
     guard = check_budget(
-        TrackingContext(team=team), "openai", "gpt-4o", prompt_chars=40, max_output_tokens=500
+        TrackingContext(team=team), "openai", "gpt-4o", input_tokens=14, max_output_tokens=500
     )
     assert guard is not None
     return make_record(team=team, budget_reservation=guard.as_record_field(), **fields)
@@ -517,7 +517,8 @@ def test_a_worker_killed_mid_batch(fake, fake_provider, tmp_path, capsys, reques
                 assert wait_until(marker.exists, 20), workers[0].log()
                 burst.run_for(50)
                 sent = burst.stop()
-            assert fluxgate_django.flush(timeout=30)
+            # Sent (not written: the held batch is written only after the kill).
+            assert fluxgate_django.recording.get_recorder().send_pending(timeout=30)
         held = json.loads(marker.read_text())
         held_ids = held["tracking_ids"]
         visible = Event.objects.filter(tracking_id__in=held_ids).count()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import operator
 from decimal import Decimal
 from typing import Annotated, TypedDict
@@ -231,3 +232,75 @@ def test_a_sync_invoke_on_a_thread_running_a_loop_is_still_refused(llm, fake, te
     fluxgate_django.flush()
     assert fake.request_count == 0 and handler.runs_in_flight == 0
     assert Event.objects.get(source="langchain").status == "BUDGET_EXCEEDED"
+
+
+def _refused(mode: str, llm: ChatOpenAI, handler: FluxGateHandler) -> None:
+    config = {"callbacks": [handler]}
+    if mode == "invoke":
+        llm.invoke("hi", config=config)
+    elif mode == "stream":
+        list(llm.stream("hi", config=config))
+    elif mode == "ainvoke":
+        asyncio.run(llm.ainvoke("hi", config=config))
+    elif mode == "astream":
+
+        async def consume():
+            return [chunk async for chunk in llm.astream("hi", config=config)]
+
+        asyncio.run(consume())
+    else:  # a LangGraph agent loop, stopped after the calls its budget allows
+        agent_graph(llm, max_turns=100).invoke(
+            {"messages": [HumanMessage("Loop forever.")], "turns": 0},
+            config={**config, "recursion_limit": 500},
+        )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("mode", ["invoke", "stream", "ainvoke", "astream", "graph"])
+def test_a_budget_refusal_is_logged_at_info_by_fluxgate_not_as_a_langchain_error(
+    llm, fake, team, caplog, mode
+):
+    """LangChain reports a callback's exception at WARNING ("Error in
+    FluxGateHandler.on_chat_model_start callback") before re-raising it: a budget stopping
+    a run is FluxGate's decision, logged once at INFO by FluxGate, and the caller still
+    gets ``BudgetExceeded``."""
+    limit = Decimal("0.02") if mode == "graph" else Decimal("0.000001")
+    Budget.objects.create(team=team, period="day", limit_usd=limit)
+    fake.default_reply = CALL
+    handler = FluxGateHandler(team="search", feature="agent")
+    caplog.set_level(logging.INFO)
+    with pytest.raises(BudgetExceeded, match="Budget exceeded for team 'search'"):
+        _refused(mode, llm, handler)
+
+    fluxgate_django.flush()
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == [], [f"{r.name}: {r.getMessage()}" for r in loud]
+    refusals = [r for r in caplog.records if r.name.startswith("fluxgate")]
+    assert [(r.name, r.levelno) for r in refusals] == [("fluxgate.langchain", logging.INFO)]
+    assert "BudgetExceeded" in refusals[0].getMessage()
+    assert "Budget exceeded for team 'search'" in refusals[0].getMessage()
+    blocked = Event.objects.get(source="langchain", status="BUDGET_EXCEEDED")
+    assert str(blocked.run_id) in refusals[0].getMessage()
+    assert fake.request_count == Event.objects.filter(status="SUCCESS").count()
+    assert handler.runs_in_flight == 0
+
+
+def test_other_callback_errors_are_still_reported_by_langchain(llm, fake, team, caplog):
+    """Only FluxGate's own refusal is kept out of LangChain's log: another handler's error
+    (here an unrelated one, raised after a refusal was logged) is still reported."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Broken(BaseCallbackHandler):
+        def on_chat_model_start(self, *args, **kwargs):
+            raise ValueError("a bug in another handler")
+
+    Budget.objects.create(team=team, period="day", limit_usd=Decimal("0.000001"))
+    with pytest.raises(BudgetExceeded):
+        llm.invoke("hi", config={"callbacks": [FluxGateHandler(team="search")]})
+    fake.default_reply = CALL
+    llm.invoke("hi", config={"callbacks": [Broken()]})
+    reports = [
+        r.getMessage() for r in caplog.records if r.name == "langchain_core.callbacks.manager"
+    ]
+    assert reports == ["Error in Broken.on_chat_model_start callback: " + repr(
+        ValueError("a bug in another handler"))]  # fmt: skip

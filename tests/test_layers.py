@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         "models",
         [r"fluxgate_django\.models(\..+)?", r"fluxgate_django\.reports\.(histogram|managers)"],
     ),
-    ("pricing, teams", [r"fluxgate_django\.(pricing|teams)"]),
+    ("pricing, teams, media tokens", [r"fluxgate_django\.(pricing|teams|media_tokens)"]),
     (
         "budget ledger, estimates, alerts, runaway, rollups, retention",
         [

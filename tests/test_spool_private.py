@@ -53,7 +53,7 @@ def replay_command() -> tuple[str, CommandError | None]:
 def reserved_record(team: str, **fields):
     """A record carrying a budget reservation, as a tracked call makes it."""
     guard = check_budget(
-        TrackingContext(team=team), "openai", "gpt-4o", prompt_chars=40, max_output_tokens=500
+        TrackingContext(team=team), "openai", "gpt-4o", input_tokens=14, max_output_tokens=500
     )
     assert guard is not None
     return make_record(team=team, budget_reservation=guard.as_record_field(), **fields)

@@ -27,10 +27,12 @@ budgets (the budget guard's ``charge_ingested``) in the transaction that stores 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import io
 import json
 import uuid
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -291,6 +293,16 @@ class IngestedEventSerializer(serializers.Serializer):
 
 #: How the answer writes a cost: as its ``cost_usd`` field does (a decimal string).
 _MONEY_OUT = serializers.DecimalField(**COST_FIELD, coerce_to_string=True)
+_MONEY_EXPONENT = Decimal(1).scaleb(-COST_FIELD["decimal_places"])
+_MONEY_CONTEXT = decimal.Context(
+    prec=COST_FIELD["max_digits"], rounding=_MONEY_OUT.rounding or decimal.ROUND_HALF_EVEN
+)
+
+
+def _money_text(value: Decimal) -> str:
+    """``_MONEY_OUT.to_representation(value)`` for a ``Decimal``, without its per-call
+    context copy (a batch answers up to 1000 costs)."""
+    return f"{value.quantize(_MONEY_EXPONENT, context=_MONEY_CONTEXT):f}"
 
 
 class IngestResultSerializer(serializers.Serializer):
@@ -308,7 +320,7 @@ class IngestResultSerializer(serializers.Serializer):
         """What DRF's fields make of :func:`ingest`'s result, without their per-field
         machinery (a batch answers up to 1000 events, and binding the nested fields
         alone deep-copies them per answer); a test compares the two."""
-        money = _MONEY_OUT
+        money = _money_text
         return {
             "accepted": int(instance["accepted"]),
             "duplicates": int(instance["duplicates"]),
@@ -316,9 +328,7 @@ class IngestResultSerializer(serializers.Serializer):
                 {
                     "tracking_id": str(e["tracking_id"]),
                     "duplicate": bool(e["duplicate"]),
-                    "cost_usd": None
-                    if e["cost_usd"] is None
-                    else money.to_representation(e["cost_usd"]),
+                    "cost_usd": None if e["cost_usd"] is None else money(e["cost_usd"]),
                     "cost_source": str(e["cost_source"]),
                 }
                 for e in instance["events"]
@@ -446,9 +456,18 @@ def parse_ingest_body(data: Any, team: Team) -> IngestEvents:
     return IngestEvents([event])
 
 
-def to_record(data: dict[str, Any], team: Team) -> EventRecord:
+def to_record(
+    data: dict[str, Any],
+    team: Team,
+    received_at: dt.datetime | None = None,
+    charges: dict[tuple[str, dt.datetime], dict[str, Any] | None] | None = None,
+) -> EventRecord:
     """The ``EventRecord`` of one validated event of ``team`` (not priced yet), carrying
-    the charge of its cost to the team's budgets that applied when it was made."""
+    the charge of its cost to the team's budgets that applied when it was made.
+
+    ``received_at``: the ``created_at`` of an event that gives none (default: now).
+    ``charges``: the budget charges found so far for this request, by feature and time
+    (events of one batch mostly share both)."""
     usage = Usage(
         input_tokens=data["input_tokens"],
         output_tokens=data["output_tokens"],
@@ -487,7 +506,14 @@ def to_record(data: dict[str, Any], team: Team) -> EventRecord:
         metadata=data["metadata"],
         tags=tuple(data["tags"]),
     )
-    created_at = data.get("created_at") or now()
+    created_at = data.get("created_at") or received_at or now()
+    key = (data["feature"], created_at)
+    if charges is not None and key in charges:
+        charge = charges[key]
+    else:
+        charge = charge_ingested(team.pk, data["feature"], created_at)
+        if charges is not None:
+            charges[key] = charge
     return make_record(
         info,
         usage,
@@ -510,7 +536,8 @@ def to_record(data: dict[str, Any], team: Team) -> EventRecord:
         fallback_attempt=data["fallback_attempt"],
         run_id=data["run_id"],
         parent_run_id=data["parent_run_id"],
-        budget_reservation=charge_ingested(team.pk, data["feature"], created_at),
+        # (Each record its own: what the recorder notes on one must not reach another.)
+        budget_reservation=None if charge is None else dict(charge),
     )
 
 
@@ -522,7 +549,9 @@ def ingest(events: Sequence[dict[str, Any]], team: Team) -> dict[str, Any]:
     (priced, recorded by the site's recorder, their cost charged to the team's budgets
     when they are written).
     """
-    records = [to_record(data, team) for data in events]
+    received_at = now()
+    charges: dict[tuple[str, dt.datetime], dict[str, Any] | None] = {}
+    records = [to_record(data, team, received_at, charges) for data in events]
     batch = getattr(events, "batch", len(records) > 1)
     stored = stored_tracking_ids([r.tracking_id for r in records])
     new: list[EventRecord] = []

@@ -4,9 +4,11 @@ batched in a background thread) or ``celery``; chosen by ``FLUXGATE["RECORDER"]`
 from __future__ import annotations
 
 import threading
+import time
 
 from django.utils.module_loading import import_string
 
+from .. import ledger
 from ..conf import RECORDER_ALIASES, fluxgate_settings, on_reload
 from .base import BaseRecorder
 from .write import write_events
@@ -32,11 +34,15 @@ def get_recorder() -> BaseRecorder:
 
 
 def flush(timeout: float | None = None) -> bool:
-    """Block until every record handed to the recorder so far is written.
+    """Block until every record handed to the recorder so far is written, and every
+    budget settlement under way (a call that ended on an event loop) is done.
 
     Returns False if ``timeout`` seconds passed first.
     """
-    return get_recorder().flush(timeout=timeout)
+    started = time.monotonic()
+    settled = ledger.settler.wait(timeout=2.0 if timeout is None else min(timeout, 2.0))
+    left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+    return get_recorder().flush(timeout=left) and settled
 
 
 @on_reload

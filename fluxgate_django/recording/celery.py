@@ -15,19 +15,36 @@ else the app current in this thread, else the one Celery app the process created
 with several Celery apps should set ``CELERY_APP``. With none found, batches are written
 directly (with a warning), never sent to Celery's default broker.
 
+``flush()`` means written: it sends the batch still pending, then waits until every batch
+this process sent since the last flush is in the database — its events stored (or
+quarantined) — by asking the database for their ``tracking_id``s, a few queries a second
+until ``timeout``. That needs no result backend (``record_events`` keeps
+``ignore_result``: no backend write per batch on the normal path) and is exact whichever
+worker wrote which batch. Only the ids of batches sent since the last flush are kept, at
+most :data:`MAX_UNCONFIRMED` of them (the oldest are forgotten past it). Shutting down
+(``close()``, interpreter exit) only waits for the batches to be sent: the broker keeps
+them. With ``task_always_eager`` (``CELERY_TASK_ALWAYS_EAGER``, which ``send_task``
+ignores) each batch is written in the writer thread, as the eager task would, so
+``flush()`` waits for that write.
+
 A user's primary key travels as JSON: an int as it is, any other (a UUID, ...) as text,
 turned back into the user model's own type in the worker (:func:`payload_records`).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
+from uuid import UUID
 
 from ..celery_app import TASKS, is_celery_fallback, site_celery_app
 from ..records import EventRecord, pack_records, unpack_records
+from . import journal
 from .thread import ThreadRecorder
 from .write import write_events
 
@@ -38,12 +55,24 @@ PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 
 
 TASK_NAME = TASKS.record_events
 
+#: The most tracking ids of sent, unconfirmed batches a process keeps for ``flush()``.
+MAX_UNCONFIRMED = 100_000
+#: Tracking ids per query while ``flush()`` waits for them (well under SQLite's limit).
+CHECK_CHUNK = 500
+
 
 class CeleryRecorder(ThreadRecorder):
     def __init__(self) -> None:
         super().__init__()
         self._app: Any = None
         self._warned = False
+        self._init_unconfirmed()
+
+    def _init_unconfirmed(self) -> None:
+        #: The tracking ids of each batch sent since the last flush, oldest first.
+        self._unconfirmed: collections.deque[list[UUID]] = collections.deque()
+        self._unconfirmed_count = 0
+        self._unconfirmed_lock = threading.Lock()
 
     def writers_wanted(self) -> int:
         # Publishing a batch is quick: one thread sends them all (and writes them itself,
@@ -66,9 +95,15 @@ class CeleryRecorder(ThreadRecorder):
                 write_events(batch)
                 return
             self._app = app
+            if getattr(getattr(app, "conf", None), "task_always_eager", False):
+                # send_task ignores it (it would publish to the broker): write it here, as
+                # the eager task would, and flush() waits for this write.
+                write_events(batch)
+                return
             # By name: the task is defined by fluxgate_django.tasks in the worker, which no
             # module of the app imports.
             app.send_task(TASK_NAME, args=[payload], retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+            self._sent([r.tracking_id for r in batch])
         except Exception as exc:  # kombu/redis/amqp connection errors differ per transport
             logger.warning(
                 "FluxGate could not send %d events to the broker (%s); writing them directly",
@@ -76,6 +111,90 @@ class CeleryRecorder(ThreadRecorder):
                 type(exc).__name__,
             )
             write_events(batch)
+
+    def _sent(self, ids: list[UUID]) -> None:
+        with self._unconfirmed_lock:
+            self._unconfirmed.append(ids)
+            self._unconfirmed_count += len(ids)
+            while self._unconfirmed_count > MAX_UNCONFIRMED and len(self._unconfirmed) > 1:
+                self._unconfirmed_count -= len(self._unconfirmed.popleft())
+
+    # -- flush: sent, then written -----------------------------------------------------
+
+    def send_pending(self, timeout: float | None = None) -> bool:
+        """Hand every batch recorded so far to the broker (or, while it is unreachable,
+        write or spool it); True unless ``timeout`` passed first."""
+        return super().flush(timeout)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send what is pending, then wait until every batch sent so far is written by the
+        workers. False if ``timeout`` passed first (a worker stopped, the database down)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.send_pending(timeout):
+            return False
+        with self._unconfirmed_lock:
+            batches = list(self._unconfirmed)
+        waiting: Iterable[UUID] = [i for ids in batches for i in ids]
+        pause = 0.01
+        while True:
+            waiting = unwritten(waiting)
+            if not waiting:
+                break
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, 0.2)
+        with self._unconfirmed_lock:  # (batches sent meanwhile stay for the next flush)
+            confirmed = {id(ids) for ids in batches}
+            kept = [ids for ids in self._unconfirmed if id(ids) not in confirmed]
+            self._unconfirmed = collections.deque(kept)
+            self._unconfirmed_count = sum(len(ids) for ids in kept)
+        return True
+
+    def close(self) -> None:
+        # Shutting down needs the batches in the broker (which keeps them), not written.
+        self.send_pending(timeout=5)
+        self._closed = True
+        self._wake.set()
+        self._overflow_wake.set()
+
+    def _at_exit(self) -> None:
+        if not self._closed and self.send_pending(timeout=10):
+            journal.close(final=True)
+
+    def _after_fork(self) -> None:
+        super()._after_fork()
+        self._init_unconfirmed()  # the parent's batches are the parent's to confirm
+
+
+def unwritten(ids: Iterable[UUID]) -> list[UUID]:
+    """Those of ``ids`` not in the database yet, neither stored nor quarantined (all of
+    them while the database can't be asked)."""
+    from django.db import DatabaseError
+
+    from ..models import DeadLetter, Event
+
+    ids = list(ids)
+    left: list[UUID] = []
+    try:
+        for start in range(0, len(ids), CHECK_CHUNK):
+            chunk = ids[start : start + CHECK_CHUNK]
+            found = set(
+                Event.objects.filter(tracking_id__in=chunk).values_list("tracking_id", flat=True)
+            )
+            rest = [i for i in chunk if i not in found]
+            if rest:
+                found = set(
+                    DeadLetter.objects.filter(tracking_id__in=rest).values_list(
+                        "tracking_id", flat=True
+                    )
+                )
+                left.extend(i for i in rest if i not in found)
+    except DatabaseError:
+        logger.debug("FluxGate could not ask the database which batches are written", exc_info=True)
+        return ids
+    return left
 
 
 def pack_payload(batch: Sequence[EventRecord]) -> str:

@@ -8,7 +8,8 @@ calls them, so the recorder imports none of them:
   to their metadata);
 * ``in_transaction`` hooks see the records this transaction inserted (a record already
   stored — a spool replay, a batch delivered twice — is not in it), inside the write's
-  transaction: what they write commits or rolls back with the events;
+  transaction (on the batch's ``alias``): what they write commits or rolls back with
+  the events;
 * ``after_commit`` hooks see the same once the transaction has committed.
 """
 
@@ -33,6 +34,9 @@ class WrittenBatch:
     staged_table: str | None
     #: Team slugs of the batch → ids (None: no such team).
     team_ids: dict[str, int | None]
+    #: The database the events were written on, in whose transaction ``on_write`` hooks
+    #: run (the staging table is on this connection).
+    alias: str
 
     def team_id(self, record: EventRecord) -> int | None:
         team = record.team

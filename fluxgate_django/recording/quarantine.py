@@ -26,9 +26,10 @@ logger = logging.getLogger("fluxgate.recording")
 _MAX_REASON = 4000
 
 
-def quarantine(record: EventRecord, reason: str) -> bool:
+def quarantine(record: EventRecord, reason: str, alias: str) -> bool:
     """Store ``record`` in the dead-letter table with ``reason`` and withdraw its budget
-    reservation, in one transaction. False if it was quarantined before."""
+    reservation, in one transaction on ``alias`` (the events' database, where the
+    counters are too). False if it was quarantined before."""
     from ..models import DeadLetter
 
     letter = DeadLetter(
@@ -44,11 +45,11 @@ def quarantine(record: EventRecord, reason: str) -> bool:
     )
     for _ in range(2):
         try:
-            with transaction.atomic():
-                letter.save(force_insert=True)
+            with transaction.atomic(using=alias):
+                letter.save(force_insert=True, using=alias)
                 ledger.settle_counters(ledger.withdrawal_for([record]))
         except IntegrityError:
-            if DeadLetter.objects.filter(tracking_id=record.tracking_id).exists():
+            if DeadLetter.objects.using(alias).filter(tracking_id=record.tracking_id).exists():
                 return False  # quarantined before
             if letter.team_id is None:
                 raise

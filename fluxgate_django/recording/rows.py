@@ -11,6 +11,20 @@ from typing import Any
 from ..records import EventRecord
 
 
+def events_alias() -> str:
+    """The database events are written on: the routers' ``db_for_write(Event)``.
+
+    One write is one transaction on it: the event rows, the budget settlement, the
+    rollups and the alerts of a batch (every FluxGate model is routed to one database:
+    system check ``fluxgate.E011``). Reads inside the write use it too, never a
+    ``db_for_read`` replica that may lag."""
+    from django.db import router
+
+    from ..models import Event
+
+    return str(router.db_for_write(Event))
+
+
 def to_event(record: EventRecord, team_ids: dict[str, int | None]) -> Any:
     """An unsaved ``Event`` for ``record`` (teams given as slugs resolved via ``team_ids``)."""
     from ..models import Event
@@ -76,13 +90,17 @@ def event_rows(records: Sequence[EventRecord], team_ids: dict[str, int | None]) 
 
 
 def drop_dangling_links(
-    records: Sequence[EventRecord], team_ids: dict[str, int | None]
+    records: Sequence[EventRecord], team_ids: dict[str, int | None], alias: str
 ) -> Sequence[EventRecord]:
     """``records``, minus their links to users or teams that no longer exist.
 
     Foreign keys are checked when the transaction commits, so one event of a deleted user
     would fail its whole batch there (past the IntegrityError fallback) and every replay
     of it from the spool. The event is kept; only the broken link is dropped.
+
+    Both are looked up on ``alias``, the events' database, where the foreign keys are
+    checked: with FluxGate routed to a database of its own, a user who is only in the
+    site's main database can't be linked there (the event keeps ``end_user_id``).
     """
     from django.contrib.auth import get_user_model
     from django.core.exceptions import ValidationError
@@ -102,11 +120,15 @@ def drop_dangling_links(
             gone_users.add(raw)
     if wanted:
         found = set(
-            user_model._default_manager.filter(pk__in=wanted.values()).values_list("pk", flat=True)
+            user_model._default_manager.using(alias)
+            .filter(pk__in=wanted.values())
+            .values_list("pk", flat=True)
         )
         gone_users.update(raw for raw, pk in wanted.items() if pk not in found)
     teams = {pk for pk in map(team_pk, records) if pk is not None}
-    gone_teams = teams - set(Team.objects.filter(pk__in=teams).values_list("pk", flat=True))
+    gone_teams = teams - set(
+        Team.objects.using(alias).filter(pk__in=teams).values_list("pk", flat=True)
+    )
     if not gone_users and not gone_teams:
         return records
     return [

@@ -1,5 +1,8 @@
 """The SQL that inserts event rows: ``COPY`` through a staging table on PostgreSQL, one
-prepared ``INSERT … ON CONFLICT DO NOTHING`` elsewhere; both skip stored tracking ids."""
+prepared ``INSERT … ON CONFLICT DO NOTHING`` elsewhere; both skip stored tracking ids.
+
+Each function runs on this thread's connection of ``alias``, the events' database
+(:func:`.rows.events_alias`), inside the write's transaction."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db import IntegrityError, connections, transaction
 
 from ..records import EventRecord
 from .rows import event_rows_spec
@@ -106,9 +109,9 @@ def _inserter(conn: Any) -> _Inserter:
     return inserter
 
 
-def insert(rows: Sequence[list[Any]]) -> None:
+def insert(rows: Sequence[list[Any]], alias: str) -> None:
     """Insert the rows with executemany, skipping tracking ids already stored."""
-    conn = connections[DEFAULT_DB_ALIAS]  # this thread's connection, not the proxy
+    conn = connections[alias]  # this thread's connection, not the proxy
     inserter = _inserter(conn)
     params = [inserter.params(row, conn) for row in rows]
     with conn.cursor() as cursor:
@@ -121,13 +124,13 @@ def insert(rows: Sequence[list[Any]]) -> None:
 SMALL_BATCH = 50
 
 
-def insert_new(rows: Sequence[list[Any]]) -> set[Any] | None:
+def insert_new(rows: Sequence[list[Any]], alias: str) -> set[Any] | None:
     """PostgreSQL: insert the rows, skipping tracking ids already stored. Returns None
     when every row was inserted (a big batch), else the tracking ids this transaction
     inserted."""
     if len(rows) > SMALL_BATCH:
-        return _copy_insert(rows)
-    conn = connections[DEFAULT_DB_ALIAS]
+        return _copy_insert(rows, alias)
+    conn = connections[alias]
     inserter = _inserter(conn)
     params = [value for row in rows for value in inserter.params(row, conn)]
     values = ", ".join([inserter.values_row] * len(rows))
@@ -136,13 +139,13 @@ def insert_new(rows: Sequence[list[Any]]) -> set[Any] | None:
         return {row[0] for row in cursor.fetchall()}
 
 
-def _copy_insert(rows: Sequence[list[Any]]) -> set[Any] | None:
+def _copy_insert(rows: Sequence[list[Any]], alias: str) -> set[Any] | None:
     """PostgreSQL: insert the rows through the staging table. Returns None when every row
     was inserted (the usual case: one plain ``INSERT … SELECT``), else — some were stored
     before (a spool replay, a batch delivered again) or are in the batch twice — the
     tracking ids this transaction inserted (``ON CONFLICT DO NOTHING RETURNING``, ~25%
     slower, so only then)."""
-    conn = connections[DEFAULT_DB_ALIAS]
+    conn = connections[alias]
     inserter = _inserter(conn)
     with conn.cursor() as cursor:
         cursor.execute(inserter.create_staging)
@@ -153,7 +156,7 @@ def _copy_insert(rows: Sequence[list[Any]]) -> set[Any] | None:
             for row in rows:
                 copy.write_row(inserter.copy_row(row))
         try:
-            with transaction.atomic():
+            with transaction.atomic(using=alias):
                 cursor.execute(inserter.move)
             return None
         except IntegrityError:
@@ -176,14 +179,17 @@ def inserted_rows(
     return fresh, fresh_rows
 
 
-def write_one_by_one(rows: list[Any]) -> None:
+def write_one_by_one(rows: list[Any], alias: str) -> None:
+    """Save unsaved ``Event`` instances one at a time; one whose user or team is gone
+    (a foreign key refused) is saved without those links."""
     from ..models import Event
 
+    events = Event.objects.using(alias)
     for row in rows:
         try:
-            with transaction.atomic():
-                Event.objects.bulk_create([row], ignore_conflicts=True)
+            with transaction.atomic(using=alias):
+                events.bulk_create([row], ignore_conflicts=True)
         except IntegrityError:
             row.user_id = None
             row.team_id = None
-            Event.objects.bulk_create([row], ignore_conflicts=True)
+            events.bulk_create([row], ignore_conflicts=True)

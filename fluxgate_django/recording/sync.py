@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Sequence
 
-from django.db import connection
+from django.db import connections
 
 from ..records import EventRecord
 from . import journal, spool
@@ -99,4 +99,4 @@ def _write_and_close(records: list[EventRecord]) -> None:
         # (Its segment is deleted once sealed: now and then, not an fsync per event.)
         journal.rotate(min_lines=HAND_OFFS_PER_SEGMENT)
     finally:
-        connection.close()
+        connections.close_all()  # this helper thread's own

@@ -36,12 +36,13 @@ import threading
 import time
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import connections
 
 from ..conf import fluxgate_settings
 from ..records import EventRecord
 from . import journal, spool
 from .base import BaseRecorder
+from .rows import events_alias
 from .write import write_events
 
 logger = logging.getLogger("fluxgate.recording")
@@ -75,7 +76,7 @@ class ThreadRecorder(BaseRecorder):
         """How many writer threads to run: ``WRITER_THREADS``, but one on SQLite, which
         takes one writer at a time (a second would wait for the lock, or fail to turn
         its read into a write, and spool its batch)."""
-        if connections[DEFAULT_DB_ALIAS].vendor == "sqlite":
+        if connections[events_alias()].vendor == "sqlite":
             return 1
         return int(fluxgate_settings.WRITER_THREADS)
 
@@ -247,7 +248,7 @@ class ThreadRecorder(BaseRecorder):
                 self._drain()
             self._drain()
         finally:
-            connection.close()
+            connections.close_all()  # this thread's own (the events' database, and any other)
 
     def _drain(self) -> None:
         """Write batches until the queue is empty."""

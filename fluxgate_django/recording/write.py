@@ -20,6 +20,9 @@ at any statement or at ``COMMIT`` — is a failure of that batch, sorted by
 
 A write attempt that runs too long is taken for a stalled connection (:mod:`.stalls`):
 its socket is shut, so it fails as a connection failure and is retried.
+
+Everything happens on the events' database, as the site's ``DATABASE_ROUTERS`` say
+(:func:`.rows.events_alias`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db import IntegrityError, connections, transaction
 
 from .. import teams
 from ..errors import capture_internal_exceptions
@@ -38,7 +41,7 @@ from ..records import EventRecord
 from . import failures, hooks, spool, stalls
 from .failures import CONNECTION, DATA, DUPLICATE, OTHER, RetryPolicy
 from .quarantine import describe, quarantine
-from .rows import drop_dangling_links, event_rows, event_rows_spec, to_event
+from .rows import drop_dangling_links, event_rows, event_rows_spec, events_alias, to_event
 from .sql import STAGING, insert, insert_new, inserted_rows, write_one_by_one
 
 logger = logging.getLogger("fluxgate.recording")
@@ -96,7 +99,7 @@ def write_batch(
     """:func:`write_events`, saying what became of the records."""
     if not records:
         return WriteOutcome()
-    writer = _Writer(spool_on_error, retry or failures.policy_for_this_thread())
+    writer = _Writer(spool_on_error, retry or failures.policy_for_this_thread(), events_alias())
     outcome = writer.store(list(records))
     if outcome.written and replay_spool and spool.has_pending():
         try:
@@ -110,24 +113,27 @@ def write_batch(
 class _Writer:
     spool_on_error: bool
     policy: RetryPolicy
+    #: The events' database (one per write: a router is asked once).
+    alias: str
 
     def store(self, records: list[EventRecord]) -> WriteOutcome:
         """Write ``records`` as one transaction: retried, bisected, spooled."""
         started = time.monotonic()
         # Inside a caller's transaction a broken connection can't be replaced: no retry;
         # nor during an outage another batch already waited out.
-        retry = not (connections[DEFAULT_DB_ALIAS].in_atomic_block or failures.outage.known())
+        alias = self.alias
+        retry = not (connections[alias].in_atomic_block or failures.outage.known())
         delays = iter(self.policy.delays if retry else ())
         while True:
             try:
-                with stalls.watch(DEFAULT_DB_ALIAS, len(records)):
-                    batch = _write_once(records)
+                with stalls.watch(alias, len(records)):
+                    batch = _write_once(records, alias)
             except Exception as exc:
                 kind = failures.failure_kind(exc)
                 if kind is None:
                     raise  # a bug
                 if kind in (CONNECTION, OTHER):
-                    failures.discard_connection(DEFAULT_DB_ALIAS)
+                    failures.discard_connection(alias)
                 if kind in (CONNECTION, DUPLICATE):
                     delay = next(delays, None)
                     if delay is not None and time.monotonic() - started + delay <= (
@@ -162,12 +168,12 @@ class _Writer:
             # traceback says which.
             logger.error("FluxGate could not encode event %s", record.tracking_id, exc_info=exc)
         try:
-            with stalls.watch(DEFAULT_DB_ALIAS, 1):
-                quarantine(record, describe(exc))
+            with stalls.watch(self.alias, 1):
+                quarantine(record, describe(exc), self.alias)
         except failures.DATABASE_ERRORS as failure:
             # (Even the dead-letter table can't take it now: it is tried again later.)
             if failures.failure_kind(failure) in (CONNECTION, OTHER):
-                failures.discard_connection(DEFAULT_DB_ALIAS)
+                failures.discard_connection(self.alias)
             return self.give_up([record], failure)
         return WriteOutcome(quarantined=1)
 
@@ -182,55 +188,58 @@ class _Writer:
         return WriteOutcome(spooled=spool.append(records))
 
 
-def _write_once(records: Sequence[EventRecord]) -> hooks.WrittenBatch:
-    """One attempt: the batch in one transaction, its hooks included."""
+def _write_once(records: Sequence[EventRecord], alias: str) -> hooks.WrittenBatch:
+    """One attempt: the batch in one transaction on ``alias``, its hooks included."""
     team_ids = teams.team_ids(r.team for r in records if isinstance(r.team, str))
-    records = drop_dangling_links(records, team_ids)
-    with transaction.atomic():
+    records = drop_dangling_links(records, team_ids, alias)
+    with transaction.atomic(using=alias):
         hooks.prepare(records)  # (may add to metadata: before the rows are made)
-        batch = _insert(records, event_rows(records, team_ids), team_ids)
+        batch = _insert(records, event_rows(records, team_ids), team_ids, alias)
         hooks.written(batch)
     return batch
 
 
 def _insert(
-    records: Sequence[EventRecord], rows: list[list[Any]], team_ids: dict[str, int | None]
+    records: Sequence[EventRecord],
+    rows: list[list[Any]],
+    team_ids: dict[str, int | None],
+    alias: str,
 ) -> hooks.WrittenBatch:
     """Insert the rows; the batch of those this transaction inserted."""
     columns = event_rows_spec().columns
-    if connections[DEFAULT_DB_ALIAS].vendor == "postgresql":
+    if connections[alias].vendor == "postgresql":
         # Exactly the rows this transaction inserts, even when the same batch is being
         # written at the same moment by another worker.
         try:
-            with transaction.atomic():
-                inserted = insert_new(rows)
+            with transaction.atomic(using=alias):
+                inserted = insert_new(rows, alias)
         except IntegrityError:
             pass  # a row points at a user or team deleted meanwhile: below
         else:
             if inserted is None:  # all new (the usual case): the staging table has them
-                return hooks.WrittenBatch(records, None, columns, STAGING, team_ids)
+                return hooks.WrittenBatch(records, None, columns, STAGING, team_ids, alias)
             fresh, fresh_rows = inserted_rows(records, rows, inserted)
-            return hooks.WrittenBatch(fresh, fresh_rows, columns, None, team_ids)
-    fresh, fresh_rows = _unstored(records, rows)
+            return hooks.WrittenBatch(fresh, fresh_rows, columns, None, team_ids, alias)
+    fresh, fresh_rows = _unstored(records, rows, alias)
     try:
-        with transaction.atomic():
-            insert(fresh_rows)
+        with transaction.atomic(using=alias):
+            insert(fresh_rows, alias)
     except IntegrityError:
         # A row points at a user or team deleted meanwhile: keep the event, drop the link.
-        write_one_by_one([to_event(r, team_ids) for r in fresh])
-    return hooks.WrittenBatch(fresh, fresh_rows, columns, None, team_ids)
+        write_one_by_one([to_event(r, team_ids) for r in fresh], alias)
+    return hooks.WrittenBatch(fresh, fresh_rows, columns, None, team_ids, alias)
 
 
 def _unstored(
-    records: Sequence[EventRecord], rows: list[list[Any]]
+    records: Sequence[EventRecord], rows: list[list[Any]], alias: str
 ) -> tuple[list[EventRecord], list[list[Any]]]:
     """The records (and rows) not stored yet, each tracking id once."""
     from ..models import Event
 
     seen = set(
-        Event.objects.filter(tracking_id__in=[r.tracking_id for r in records]).values_list(
-            "tracking_id", flat=True
-        )
+        Event.objects.using(alias)
+        .filter(tracking_id__in=[r.tracking_id for r in records])
+        .values_list("tracking_id", flat=True)
     )
     fresh, fresh_rows = [], []
     for record, row in zip(records, rows, strict=True):

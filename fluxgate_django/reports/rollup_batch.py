@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -130,8 +130,9 @@ class RollupBatch:
                         total[i] += value
         return [(*key, *grouped[key]) for key in sorted(grouped)]
 
-    def save(self, using: str = DEFAULT_DB_ALIAS) -> None:
-        """Add the deltas to the rollup tables (run it in the events' transaction)."""
+    def save(self, using: str) -> None:
+        """Add the deltas to the rollup tables on ``using`` (run it in the events'
+        transaction, on their database)."""
         if not self.user_rows:
             return
         conn = connections[using]

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
+from django.db import connections, models, router, transaction
 from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import Cast, Coalesce, Round, TruncDate
 from django.utils import timezone
@@ -86,16 +86,17 @@ __all__ = [
 
 
 def save_written(batch: Any) -> None:
-    """Write hook (in the events' transaction): add the events a write inserted to the
-    rollups. A failure here loses no event: it is logged, and the rollups are put right
-    by ``manage.py fluxgate_rebuild_rollups``."""
-    with capture_internal_exceptions("report rollups"), transaction.atomic():
+    """Write hook (in the events' transaction, on their database ``batch.alias``): add
+    the events a write inserted to the rollups. A failure here loses no event: it is
+    logged, and the rollups are put right by ``manage.py fluxgate_rebuild_rollups``."""
+    alias = batch.alias
+    with capture_internal_exceptions("report rollups"), transaction.atomic(using=alias):
         if batch.staged_table is not None:
-            StagedEvents(batch.staged_table).save()
+            StagedEvents(batch.staged_table).save(alias)
         elif batch.records:
             rollup = RollupBatch()
             rollup.add_rows(batch.rows, batch.columns)
-            rollup.save()
+            rollup.save(alias)
 
 
 class StagedEvents:
@@ -108,7 +109,9 @@ class StagedEvents:
     def __init__(self, table: str) -> None:
         self.table = table
 
-    def save(self, using: str = DEFAULT_DB_ALIAS) -> None:
+    def save(self, using: str) -> None:
+        """Add the staged events to the rollups, on the connection ``using`` that holds
+        the staging table (the events' transaction)."""
         conn = connections[using]
         sql = _staged_sql(conn)
         select = _staged_user_deltas(self.table, conn)
@@ -268,9 +271,10 @@ def _user_deltas(events: Any, conn: Any) -> tuple[str, Sequence[Any]]:
     return f"SELECT {', '.join(f's.{qn(a)}' for a in aliases)} FROM ({select}) s", params
 
 
-def rebuild_rollups(since: dt.date | None = None, *, using: str = DEFAULT_DB_ALIAS) -> int:
+def rebuild_rollups(since: dt.date | None = None, *, using: str | None = None) -> int:
     """Recompute the rollups of ``since`` (a site-local date) and later days — all of
-    them if None — from the events, in one transaction. Returns the rows written.
+    them if None — from the events, in one transaction on ``using`` (default: where the
+    routers write rollups; the events are read there too). Returns the rows written.
 
     The per-user table is computed from the events, then the coarser table by summing
     it (what the recorder does too). On PostgreSQL the rollup tables are locked
@@ -279,6 +283,7 @@ def rebuild_rollups(since: dt.date | None = None, *, using: str = DEFAULT_DB_ALI
     """
     from ..models import EndUserUsageRollup, Event, UsageRollup
 
+    using = using or str(router.db_for_write(UsageRollup))
     conn = connections[using]
     qn = conn.ops.quote_name
     users, groups = EndUserUsageRollup._meta.db_table, UsageRollup._meta.db_table
@@ -323,10 +328,11 @@ def rebuild_rollups(since: dt.date | None = None, *, using: str = DEFAULT_DB_ALI
     return written
 
 
-def rollup_rows(model: Any, *, using: str = DEFAULT_DB_ALIAS) -> list[tuple[Any, ...]]:
+def rollup_rows(model: Any, *, using: str | None = None) -> list[tuple[Any, ...]]:
     """Every row of a rollup table as ``(key values…, measures…)``, sorted (for tests and
-    for checking a rebuild against the incremental result)."""
+    for checking a rebuild against the incremental result). ``using``: default, where
+    the routers read the table."""
     keys = GROUP_KEYS if model._meta.model_name == "usagerollup" else USER_GROUP_KEYS
     return sorted(
-        model._default_manager.using(using).order_by().values_list(*keys, *MEASURE_FIELDS)
+        model._default_manager.db_manager(using).order_by().values_list(*keys, *MEASURE_FIELDS)
     )

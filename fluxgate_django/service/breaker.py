@@ -1,10 +1,12 @@
 """A circuit breaker per provider and model, shared across processes through the cache.
 
 ``failures`` failures within ``window_seconds`` open the circuit for ``cooldown_seconds``
-(defaults 3 and 300 s, from seed 004); an open circuit is skipped without a network call.
-When the cooldown ends the circuit is half-open: one caller (across all processes: the
-probe slot is taken with ``cache.add``) tries it; success closes it, failure opens it
-again. With Redis as the cache every process sees the same state.
+(defaults 3 and 300 s, from seed 004); an open circuit is skipped without a network call
+(the service never calls it, even when it is a route's last model). When the cooldown
+ends the circuit is half-open: one caller (across all processes: the probe slot is taken
+with ``cache.add``) tries it; success closes it, failure opens it again, and a probe that
+said nothing about the model's health (the caller's own 4xx, a refused call) frees the
+slot for the next caller. With Redis as the cache every process sees the same state.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ class CircuitBreaker:
         changes anything: it closes the circuit (``probe=False`` costs no cache access)."""
         if probe:
             self.cache.delete_many(list(self._keys(name)))
+
+    def release_probe(self, name: str) -> None:
+        """Give back the probe slot taken by :meth:`allow` without a verdict: the circuit
+        stays half-open and the next caller may probe."""
+        self.cache.delete(self._keys(name)[2])
 
     def record_failure(self, name: str) -> None:
         failures_key, opened_key, probe_key = self._keys(name)

@@ -8,23 +8,24 @@ re-read from the response. The orchestration (:class:`~.run._Run`) is written on
 ``complete`` and ``acomplete`` only differ in how they wait for the provider, and
 ``acomplete`` runs the run's bookkeeping (response cache, breaker and routing state, all
 behind Django's cache) off the event loop.
+
+A model whose circuit is open is never called, not even the route's last one: with every
+circuit open the call raises :class:`AllProvidersFailed` at once, without a network call.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.core.cache import caches
-from django.db import close_old_connections
 
 from ..conf import fluxgate_settings
 from . import routing
 from .breaker import CircuitBreaker
 from .failures import AllProvidersFailed, classify, context_window
-from .run import _Run, open_astream, open_stream
+from .run import _Run, off_loop, open_astream, open_stream
 from .types import Completion, ServiceRequest
 
 __all__ = ["AllProvidersFailed", "LLMService", "classify", "context_window"]
@@ -41,22 +42,6 @@ _CONTEXT_FIELDS = (
     "metadata",
     "tags",
 )
-
-T = TypeVar("T")
-
-
-async def _off_loop(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``func`` (which may wait on Django's cache or database) off the event loop, in
-    a worker thread that closes its connection as a request would (``CONN_MAX_AGE``)."""
-
-    def in_worker() -> T:
-        close_old_connections()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            close_old_connections()
-
-    return await sync_to_async(in_worker)()
 
 
 class LLMService:
@@ -126,15 +111,15 @@ class LLMService:
 
     async def acomplete(self, messages: Any, **options: Any) -> Completion:
         """The async ``complete``."""
-        run = await _off_loop(self._run, messages, **options)
-        if (hit := await _off_loop(run.cached)) is not None:
+        run = await off_loop(self._run, messages, **options)
+        if (hit := await off_loop(run.cached)) is not None:
             return hit
-        while (step := await _off_loop(run.next_step, True)) is not None:
-            with step:
+        while (step := await off_loop(run.next_step, True)) is not None:
+            async with step:
                 step.response = await step.method(**step.kwargs)
             if step.error is None:
-                return await _off_loop(run.succeeded, step)
-            await _off_loop(run.failed, step)
+                return await off_loop(run.succeeded, step)
+            await off_loop(run.failed, step)
         raise run.exhausted()
 
     # -- streaming -------------------------------------------------------------------
@@ -160,19 +145,19 @@ class LLMService:
 
     async def astream(self, messages: Any, **options: Any) -> AsyncIterator[str]:
         """The async ``stream``."""
-        run = await _off_loop(self._run, messages, cache_ttl=0, **options)
-        while (step := await _off_loop(run.next_step, True)) is not None:
-            with step:
+        run = await off_loop(self._run, messages, cache_ttl=0, **options)
+        while (step := await off_loop(run.next_step, True)) is not None:
+            async with step:
                 chunks = open_astream(step)
                 first = await anext(chunks, None)
             if step.error is not None:
-                await _off_loop(run.failed, step)
+                await off_loop(run.failed, step)
                 continue
             if first is not None:
                 yield first
             async for text in chunks:
                 yield text
-            await _off_loop(run.streamed, step)
+            await off_loop(run.streamed, step)
             return
         raise run.exhausted()
 

@@ -28,7 +28,7 @@ from typing import Any
 from django.core.cache import caches
 
 from ..conf import fluxgate_settings, on_reload
-from ..estimate import estimate_cost
+from ..estimate import CHARS_PER_TOKEN, estimate_cost
 from ..model_refs import ModelRef, resolve_model
 from .types import ServiceRequest
 
@@ -85,8 +85,11 @@ def set_strategy(route: str, strategy: str) -> None:
 
 
 def estimated_cost(ref: ModelRef, request: ServiceRequest) -> Any:
+    """What ``request`` typically costs on ``ref`` (to compare models: not a budget's
+    bound, which the tracked call reserves)."""
     output = request.max_tokens or int(fluxgate_settings.BUDGET_DEFAULT_OUTPUT_TOKENS)
-    return estimate_cost(ref.provider, ref.model, request.prompt_chars, output)
+    input_tokens = -(-request.prompt_chars // CHARS_PER_TOKEN)
+    return estimate_cost(ref.provider, ref.model, input_tokens, output)
 
 
 class _LatencyBuffer:

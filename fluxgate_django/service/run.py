@@ -4,6 +4,16 @@
 :class:`_Step` is one attempt at one model. What an attempt cost, used and how it ended
 is read off the tracked client's ``fluxgate`` (a ``TrackingResult``) on its response or
 its error, never re-read from the response.
+
+A model whose circuit is open is skipped without a network call, whatever its place in
+the route: when every model is skipped the call fails at once with
+:class:`AllProvidersFailed`, its ``attempts`` naming each model and why it was skipped.
+Past the breaker's cooldown one caller probes the model (see :mod:`.breaker`).
+
+The response cache is scoped by ``FLUXGATE["SERVICE_CACHE_SCOPE"]``: ``"team"`` (the
+default) keys an answer on the calling team too, so one team's answer is never served to
+another; ``"site"`` shares answers across teams deliberately. A hit is recorded for the
+caller's own team either way.
 """
 
 from __future__ import annotations
@@ -13,10 +23,14 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from asgiref.sync import sync_to_async
+from django.db import DatabaseError, InterfaceError, close_old_connections
+
+from .. import teams
 from ..conf import fluxgate_settings
-from ..context import current_context, tracking_context
+from ..context import current_context, resolved, tracking_context
 from ..errors import capture_internal_exceptions
 from ..exceptions import CallRefused
 from ..model_refs import ModelRef
@@ -29,10 +43,48 @@ from .types import Attempt, Completion, ServiceRequest
 if TYPE_CHECKING:
     from .core import LLMService
 
+T = TypeVar("T")
+
+
+async def off_loop(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``func`` (which may wait on Django's cache or database) off the event loop, in
+    a worker thread that closes its connection as a request would (``CONN_MAX_AGE``)."""
+
+    def in_worker() -> T:
+        close_old_connections()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return await sync_to_async(in_worker)()
+
 
 def _sticky_key(conversation_id: str) -> str:
     # Conversation ids are the caller's data: hashed to a cache-safe key.
     return "fluxgate:sticky:" + hashlib.sha256(str(conversation_id).encode()).hexdigest()[:32]
+
+
+def _cache_scope() -> str | None:
+    """Whose calls a response-cache entry may answer, for the current context: ``"site"``
+    (every team's, when ``SERVICE_CACHE_SCOPE`` says so) or the calling team's alone (its
+    id, its slug if no such team exists, or "no team"). None when the team can't be told
+    (the database is down and the team was never seen): the call then skips the cache."""
+    if fluxgate_settings.SERVICE_CACHE_SCOPE == "site":
+        return "site"
+    team = current_context().team
+    try:
+        team = resolved(team)
+        team_id = teams.team_id_of(team)
+    except (DatabaseError, InterfaceError):
+        known, team_id = teams.last_known_team_id(team)
+        if not known:
+            return None
+    if team_id is not None:
+        return f"team:{team_id}"
+    if isinstance(team, str):  # a slug no team has: still not another caller's entry
+        return f"team-slug:{team}"
+    return "team:none"
 
 
 def _result(obj: Any) -> TrackingResult | None:
@@ -83,13 +135,19 @@ class _Run:
         return tracking_context(**self.context)
 
     def cached(self) -> Completion | None:
+        """The cached answer for this request in the caller's cache scope, recorded as a
+        hit for the caller; None on a miss (the answer is then cached by ``succeeded``)."""
         if self.cache_ttl <= 0:
             return None
-        self.cache_key = self.request.cache_key(self.target)
-        hit = self.service.response_cache.get(self.cache_key)
-        if hit is None:
-            return None
         with self.scope():
+            scope = _cache_scope()
+            if scope is None:
+                self.cache_ttl = 0
+                return None
+            self.cache_key = self.request.cache_key(self.target, scope)
+            hit = self.service.response_cache.get(self.cache_key)
+            if hit is None:
+                return None
             return self._record_cache_hit(hit)
 
     def _stick_to_first_provider(self) -> None:
@@ -103,6 +161,9 @@ class _Run:
     # -- attempts ----------------------------------------------------------------------
 
     def next_attempt(self) -> ModelRef | None:
+        """The next model to call, or None when none is left. A model whose circuit is
+        open is skipped (no network call), the last one too; past its cooldown this call
+        may be the one probe that decides it."""
         breaker = self.service.breaker
         while self.index < len(self.candidates):
             ref = self.candidates[self.index]
@@ -112,20 +173,27 @@ class _Run:
                 if window is None or window <= self.min_window:
                     self.attempts.append(Attempt(ref.provider, ref.model, "skipped-small-window"))
                     continue
-            is_last = self.index == len(self.candidates)
-            allowed = breaker.allow(str(ref))
-            if allowed is None and not (is_last and not self._any_tried()):
-                self.attempts.append(Attempt(ref.provider, ref.model, "skipped-open-circuit"))
-                continue
-            self.probing = allowed != "closed"
+            # Before the breaker: a model skipped for the deadline takes no probe slot.
             if self.deadline is not None and time.perf_counter() >= self.deadline:
                 self.attempts.append(Attempt(ref.provider, ref.model, "skipped-deadline"))
                 continue
+            allowed = breaker.allow(str(ref))
+            if allowed is None:
+                self.attempts.append(Attempt(ref.provider, ref.model, "skipped-open-circuit"))
+                continue
+            self.probing = allowed == "probe"
             return ref
         return None
 
-    def _any_tried(self) -> bool:
-        return any(not a.outcome.startswith("skipped") for a in self.attempts)
+    def release_probe(self, ref: ModelRef) -> None:
+        """This attempt held a half-open circuit's probe slot but said nothing about the
+        model's health (the caller's own 4xx, a call FluxGate refused, a cancellation):
+        free the slot for the next caller instead of keeping it for a whole cooldown."""
+        if not self.probing:
+            return
+        self.probing = False
+        with capture_internal_exceptions("releasing a circuit probe"):
+            self.service.breaker.release_probe(str(ref))
 
     def timeout_for_attempt(self) -> float | None:
         timeout = self.attempt_timeout
@@ -162,7 +230,9 @@ class _Run:
         if kind == "retry":
             with capture_internal_exceptions("recording a provider failure"):
                 self.service.breaker.record_failure(str(ref))
-        elif kind == "context":
+            return
+        self.release_probe(ref)
+        if kind == "context":
             self.min_window = context_window(ref) or 0
         else:
             raise error
@@ -206,19 +276,15 @@ class _Run:
         with capture_internal_exceptions("service bookkeeping"):
             self.service.breaker.record_success(str(step.ref), probe=self.probing)
 
-    def exhausted(self) -> Exception:
-        if self.last_error is not None and not any(
-            a.outcome == "error" and classify(self.last_error) == "fatal" for a in self.attempts
-        ):
-            summary = "; ".join(f"{a.provider}/{a.model}: {a.outcome}" for a in self.attempts)
-            return AllProvidersFailed(
-                f"No provider could serve the request ({summary})", self.attempts, self.last_error
-            )
-        return AllProvidersFailed(
-            "No model was available for the request (all circuits open or skipped)",
-            self.attempts,
-            self.last_error,
-        )
+    def exhausted(self) -> AllProvidersFailed:
+        """The error for a call no model served: every attempt, tried or skipped, listed
+        (none tried: every circuit was open or every model skipped, and nothing was sent)."""
+        summary = "; ".join(f"{a.provider}/{a.model}: {a.outcome}" for a in self.attempts)
+        if self._tried():
+            message = f"No provider could serve the request ({summary})"
+        else:
+            message = f"No model was available for the request; none was called ({summary})"
+        return AllProvidersFailed(message, self.attempts, self.last_error)
 
     def _record_cache_hit(self, hit: dict[str, Any]) -> Completion:
         """The cached answer, recorded as an event that sent nothing: no tokens, cost 0,
@@ -261,10 +327,11 @@ class _Run:
 
 
 class _Step:
-    """One attempt at one model. ``with step:`` runs the provider call with the attempt's
-    attribution (the caller's context, ``source="service"``, its fallback index); the
-    provider's error is kept as ``step.error`` for :meth:`_Run.failed` to judge. A call
-    FluxGate refused (a budget) propagates."""
+    """One attempt at one model. ``with step:`` (``async with step:`` in a coroutine) runs
+    the provider call with the attempt's attribution (the caller's context,
+    ``source="service"``, its fallback index); the provider's error is kept as
+    ``step.error`` for :meth:`_Run.failed` to judge. A call FluxGate refused (a budget)
+    propagates, freeing the circuit's probe slot if the attempt held it."""
 
     def __init__(self, run: _Run, ref: ModelRef, *, asynchronous: bool) -> None:
         self.run = run
@@ -292,13 +359,29 @@ class _Step:
         self._exits = stack
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    def _close(self, exc: BaseException | None) -> bool:
+        """Leave the attempt's scope; whether ``exc`` is kept as the attempt's error."""
         assert self._exits is not None
         self._exits.close()
         if exc is None or isinstance(exc, CallRefused) or not isinstance(exc, Exception):
             return False
         self.error = exc
         return True
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        kept = self._close(exc)
+        if exc is not None and not kept:
+            self.run.release_probe(self.ref)
+        return kept
+
+    async def __aenter__(self) -> _Step:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        kept = self._close(exc)
+        if exc is not None and not kept and self.run.probing:
+            await off_loop(self.run.release_probe, self.ref)
+        return kept
 
 
 def _stream_request(step: _Step) -> tuple[Callable[..., Any], dict[str, Any]]:

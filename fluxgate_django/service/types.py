@@ -79,10 +79,12 @@ class ServiceRequest:
             + sum(len(m["content"]) for m in self.messages)
         )
 
-    def cache_key(self, target: str) -> str:
-        """A key for the response cache: the normalised request and its model or route."""
+    def cache_key(self, target: str, scope: str) -> str:
+        """A key for the response cache: the normalised request, its model or route, and
+        whose calls the entry may answer (``scope``: a team, or the whole site)."""
         payload = json.dumps(
             {
+                "scope": scope,
                 "target": target,
                 "messages": self.messages,
                 "system": self.system,

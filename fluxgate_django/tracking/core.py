@@ -33,7 +33,7 @@ from typing import Any
 from ..conf import fluxgate_settings
 from ..context import TrackingContext
 from ..errors import capture_internal_exceptions
-from ..estimate import max_output_tokens, prompt_chars
+from ..estimate import choices, input_tokens_bound, max_output_tokens
 from ..exceptions import CallRefused
 from ..guard import Reservation, acheck_budget, aresolve_context, check_budget, might_apply
 from ..outcomes import end_of_stream
@@ -224,8 +224,11 @@ class TrackedCall:
             "ctx": self.ctx,
             "provider": self.info.provider,
             "model": self.info.requested_model,
-            "prompt_chars": prompt_chars(self.body),
+            "input_tokens": input_tokens_bound(
+                self.body, self.info.provider, self.info.requested_model
+            ),
             "max_output_tokens": max_output_tokens(self.body, self.operation),
+            "choices": choices(self.body),
             "operation": self.operation,
         }
 

@@ -19,7 +19,7 @@ from ..errors import capture_internal_exceptions
 from ..records import CostSource
 from .core import UNREADABLE, ClientState, TrackedCall, instrument, tracked_method
 from .protocols import UsageReader
-from .streams import observe
+from .streams import end_stream, observe
 
 _RAW_HEADER = "X-Stainless-Raw-Response"
 
@@ -118,7 +118,7 @@ def _observe_in_place(call: TrackedCall, stream: Any) -> None:
             try:
                 await original_close()
             finally:
-                call.end_stream(stream, completed=False)
+                end_stream(call, stream)
 
         stream.close = aclose
     else:
@@ -127,11 +127,12 @@ def _observe_in_place(call: TrackedCall, stream: Any) -> None:
             try:
                 original_close()
             finally:
-                call.end_stream(stream, completed=False)
+                end_stream(call, stream)
 
         stream.close = close
-    # A stream dropped without being read or closed is still recorded when collected.
-    weakref.finalize(stream, call.end_stream, None, completed=False)
+    # A stream dropped without being read or closed is recorded when collected (if the
+    # idle timeout or the end of its request has not come first: reaper.py).
+    weakref.finalize(stream, end_stream, call)
 
 
 _exposed: set[type] = set()

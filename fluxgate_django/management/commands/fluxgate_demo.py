@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import connections, router
 
 from fluxgate_django import flush
 from fluxgate_django.demo.report import FeatureCost, cost_by_feature, format_cost_table
@@ -96,12 +96,12 @@ class Command(BaseCommand):
         self._print_admin_hint(run.admin_created)
 
     def _check_migrated(self) -> None:
-        connection = connections[DEFAULT_DB_ALIAS]
+        connection = connections[router.db_for_write(Event)]
         if Event._meta.db_table not in connection.introspection.table_names():
             raise CommandError("FluxGate's tables are missing: run `manage.py migrate` first.")
 
     def _confirm(self, calls: int) -> bool:
-        name = connections[DEFAULT_DB_ALIAS].settings_dict["NAME"]
+        name = connections[router.db_for_write(Event)].settings_dict["NAME"]
         answer = input(
             f"This adds demo teams, users (and an '{ADMIN_USERNAME}' superuser if missing) and "
             f"{calls} demo events to database {name!s}. Continue? [y/N] "
