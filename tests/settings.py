@@ -3,6 +3,7 @@
 import copy
 import os
 import tempfile
+from typing import Any
 
 SECRET_KEY = "fluxgate-tests-not-secret"
 DEBUG = False
@@ -44,10 +45,11 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
+DATABASES: dict[str, dict[str, Any]]
 if DATABASE_URL.startswith(("postgres://", "postgresql://")):
     import dj_database_url
 
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    DATABASES = {"default": dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))}
     # One test database per run (named in the environment, so child processes use it
     # too), unless TEST_DATABASE_NAME names one: two suites can run side by side.
     DATABASES["default"]["TEST"] = {

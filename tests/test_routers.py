@@ -52,6 +52,7 @@ from fluxgate_django.testing import FakeReply
 from tests.api_helpers import API, event_payload, key_client, post_json
 from tests.helpers import fluxgate_overrides
 from tests.routers import FLUXGATE_DB, ROUTERS
+from tests.test_runaway import RUNAWAY
 
 pytestmark = [
     # Real commits on both databases: the thread recorder's writer, notification threads.
@@ -358,15 +359,7 @@ def test_the_celery_task_writes_on_fluxgates_database(team, opened):
 
 
 def test_a_runaway_is_stored_on_fluxgates_database(team, opened):
-    runaway = {
-        "enabled": True,
-        "window_minutes": 5,
-        "baseline_minutes": 60,
-        "factor": 5,
-        "min_spend_usd": "0.10",
-        "block_minutes": 0,
-    }
-    with fluxgate_overrides(RUNAWAY_DETECTION=runaway):
+    with fluxgate_overrides(RUNAWAY_DETECTION=RUNAWAY):
         record_spend({(team.pk, "chat"): to_units(Decimal("5"))})
     wait_for_notifications()
     assert "default" not in opened.aliases(), opened
