@@ -9,7 +9,7 @@ names; no module of FluxGate imports it.
 
 from __future__ import annotations
 
-from .estimate import CHARS_PER_TOKEN, estimate_cost, max_output_tokens, prompt_chars
+from .estimate import CHARS_PER_TOKEN, estimate_cost, input_tokens_bound, max_output_tokens
 from .guard import (
     BudgetGuard,
     Reservation,
@@ -44,9 +44,9 @@ __all__ = [
     "clear_cache",
     "counter_ids",
     "estimate_cost",
+    "input_tokens_bound",
     "max_output_tokens",
     "might_apply",
-    "prompt_chars",
     "reconcile",
     "settle_counters",
     "settlement_for",

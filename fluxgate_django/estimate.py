@@ -32,8 +32,6 @@ from .money import to_units
 from .pricing import price_book
 from .records import EventRecord, Usage
 
-_TEXT_KEYS = ("messages", "input", "prompt", "system", "instructions", "contents")
-
 #: Characters per input token of a typical text (tokenizers average ~4 for English prose,
 #: fewer for code and many languages): the routing heuristics' estimate, not a bound.
 CHARS_PER_TOKEN = 3
@@ -107,8 +105,10 @@ def _bound(value: Any, provider: str, model: str) -> int:
         return len(str(value))
     if isinstance(value, (bytes, bytearray)):  # inline media (Gemini's Part.inline_data)
         return _inline_media("", bytes(value), provider, model, "")
-    if isinstance(value, (str, int, float)):  # (subclasses: str enums...)
-        return _bound(cls.__mro__[-2](value), provider, model)
+    if isinstance(value, str):  # a str subclass (a str enum): its text
+        return _bound(str.__str__(value), provider, model)
+    if isinstance(value, (int, float)):  # (an int or float enum...)
+        return len(str(float(value) if isinstance(value, float) else int(value)))
     if isinstance(value, type):  # a pydantic model as a response format: its schema
         schema = getattr(value, "model_json_schema", None)
         return _bound(schema(), provider, model) if callable(schema) else len(str(value))
@@ -224,21 +224,6 @@ def output_tokens_bound(
             else:
                 cap = int(fluxgate_settings.BUDGET_DEFAULT_OUTPUT_TOKENS)
     return cap * max(1, choices)
-
-
-def prompt_chars(body: dict[str, Any]) -> int:
-    """Characters of text in a request body (messages, input, prompt, system...)."""
-    return sum(_text_len(body[k]) for k in _TEXT_KEYS if k in body)
-
-
-def _text_len(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(_text_len(v) for k, v in value.items() if k not in ("role", "type"))
-    if isinstance(value, (list, tuple)):
-        return sum(_text_len(v) for v in value)
-    return len(getattr(value, "content", "") or "") if hasattr(value, "content") else 0
 
 
 def max_output_tokens(body: Mapping[str, Any], operation: str = "") -> int | None:

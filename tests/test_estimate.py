@@ -205,3 +205,17 @@ def test_calibration_scales_reservations_of_a_model_that_cost_more_than_its_boun
     for _ in range(Calibration.WINDOW):
         calibration.observe("openai", "gpt-4o", 100, 90)
     assert calibration.scale("openai", "gpt-4o") == 1.0  # (the window has moved on)
+
+
+def test_enum_values_count_as_their_text():
+    import enum
+
+    class Role(str, enum.Enum):
+        USER = "user-role-name"
+
+    class Count(enum.IntEnum):
+        MANY = 123456
+
+    plain = input_tokens_bound({"messages": [{"role": "user-role-name", "n": 123456}]}, "openai")
+    enums = input_tokens_bound({"messages": [{"role": Role.USER, "n": Count.MANY}]}, "openai")
+    assert enums == plain

@@ -26,7 +26,7 @@ from fluxgate_django import (  # noqa: E402
     track_gemini,
     tracking_context,
 )
-from fluxgate_django.estimate import max_output_tokens, prompt_chars  # noqa: E402
+from fluxgate_django.estimate import choices, input_tokens_bound, max_output_tokens  # noqa: E402
 from fluxgate_django.models import Budget, Event, SpendCounter, Team  # noqa: E402
 from fluxgate_django.testing import FakeReply  # noqa: E402
 from fluxgate_django.tracking.gemini import (  # noqa: E402
@@ -416,9 +416,20 @@ def test_request_body_for_budget_estimates():
             parts=[types.Part.from_function_response(name="f", response={"result": "ijkl"})],
         ),
     ]
-    body = request_body(FLASH, contents, {"max_output_tokens": 50}, full=True)
-    assert prompt_chars(body) == 4 + 4 + 1 + 4  # texts, the function's name and result
+    tool = types.Tool(
+        function_declarations=[
+            types.FunctionDeclaration(name="lookup", description="Looks a word up. " * 20)
+        ]
+    )
+    config = {"max_output_tokens": 50, "candidate_count": 2}
+    body = request_body(FLASH, contents, config, full=True)
+    bound = input_tokens_bound(body, "gemini", FLASH)
+    assert bound >= len("abcd" "efgh" "f" "ijkl")  # texts, the function's name and result
+    # The tools of the config are part of what the model reads.
+    with_tool = request_body(FLASH, contents, {**config, "tools": [tool]}, full=True)
+    assert input_tokens_bound(with_tool, "gemini", FLASH) - bound >= len("Looks a word up. " * 20)
     assert max_output_tokens(body, "generate_content") == 50
+    assert choices(body) == 2
     assert request_body(FLASH, "abc", None, full=False) == {"model": FLASH}
 
 

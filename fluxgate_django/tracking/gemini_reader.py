@@ -182,14 +182,21 @@ def _config_value(config: Any, name: str) -> Any:
 
 
 def request_body(model: str, contents: Any, config: Any, *, full: bool) -> dict[str, Any]:
-    """What TrackedCall reads of a request: model, output cap and (``full``) the text."""
+    """What TrackedCall reads of a request: model, output cap and candidates, and
+    (``full``) what the model reads: the text, the system instruction, the tools and a
+    response schema (a budget's bound counts them all)."""
     body: dict[str, Any] = {"model": model}
-    limit = _config_value(config, "max_output_tokens")
-    if isinstance(limit, int):
-        body["max_output_tokens"] = limit
+    for name in ("max_output_tokens", "candidate_count"):
+        value = _config_value(config, name)
+        if isinstance(value, int):
+            body[name] = value
     if full:
         body["contents"] = _contents_view(contents)
         system = _config_value(config, "system_instruction")
         if system is not None:
             body["system"] = [p for c in _contents_view(system) for p in c["parts"]]
+        for name in ("tools", "tool_config", "response_schema", "response_json_schema"):
+            value = _config_value(config, name)
+            if value is not None:
+                body[name] = value
     return body
