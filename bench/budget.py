@@ -90,8 +90,10 @@ def end_of_call_settle(ctx, cost: Decimal, seconds: float) -> dict:
     from fluxgate_django.pipeline import make_record
     from fluxgate_django.records import CallInfo, Usage
 
+    from django.db import connection
+
     info = CallInfo(provider="openai", operation="chat", requested_model="gpt-4o", model="gpt-4o")
-    times = []
+    times, round_trips = [], []
     stop = time.perf_counter() + seconds
     while time.perf_counter() < stop:
         guard = check_budget(ctx, "openai", "gpt-4o", input_tokens=20, max_output_tokens=50)
@@ -107,7 +109,16 @@ def end_of_call_settle(ctx, cost: Decimal, seconds: float) -> dict:
         settler.settle(record)
         times.append(time.perf_counter() - t0)
         assert record.budget_reservation["settled"]
-    return {"median": statistics.median(times) * 1000, "p95": pct95(times) * 1000}
+        # The baseline, in turn with it: one round trip to the database (SELECT 1).
+        with connection.cursor() as cursor:
+            t0 = time.perf_counter()
+            cursor.execute("SELECT 1")
+            round_trips.append(time.perf_counter() - t0)
+    return {
+        "median": statistics.median(times) * 1000,
+        "p95": pct95(times) * 1000,
+        "round_trip": statistics.median(round_trips) * 1000,
+    }
 
 
 def pct95(values: list[float]) -> float:
@@ -203,6 +214,11 @@ def main() -> None:
             f"{'':<34} a tracked call's end-of-call settlement (the caller's time): "
             f"median {settle['median']:.3f} ms, p95 {settle['p95']:.3f} ms "
             "(target <= 0.3 ms on PostgreSQL)"
+        )
+        print(
+            f"{'':<34} baseline, a SELECT 1 round trip in turn with it: median "
+            f"{settle['round_trip']:.3f} ms (the settlement: "
+            f"{settle['median'] / settle['round_trip']:.1f}x)"
         )
         if res["reserved_left"]:
             raise SystemExit(f"{name}: {res['reserved_left']} units left reserved")

@@ -9,6 +9,7 @@ names; no module of FluxGate imports it.
 
 from __future__ import annotations
 
+from .counters import settle_counters, settlement_for
 from .estimate import CHARS_PER_TOKEN, estimate_cost, input_tokens_bound, max_output_tokens
 from .guard import (
     BudgetGuard,
@@ -25,8 +26,6 @@ from .ledger import (
     clear_cache,
     counter_ids,
     reconcile,
-    settle_counters,
-    settlement_for,
 )
 from .periods import window_bounds, window_end, window_start
 from .teams import team_id_of

@@ -36,7 +36,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections
 from django.utils import timezone
 
-from . import alerts, ledger, runaway, teams
+from . import alerts, counters, ledger, runaway, teams
 from .conf import fluxgate_settings
 from .context import Deferred, TrackingContext
 from .errors import capture_internal_exceptions
@@ -76,7 +76,7 @@ class Reservation:
         if not self.released:
             self.released = True
             charge = to_units(cost) if cost is not None else 0
-            ledger.settle_counters({c: (self.estimate_units, charge) for c in self.counters})
+            counters.settle_counters({c: (self.estimate_units, charge) for c in self.counters})
 
     def release(self) -> None:
         """The call failed and was not billed: free the reservation."""
@@ -150,7 +150,7 @@ def check_budget(
     except CallRefused:
         raise  # the budget (or a runaway block) said no
     except (DatabaseError, InterfaceError) as exc:
-        ledger.discard_broken_connections(exc)
+        counters.discard_broken_connections(exc)
         _cannot_check(refusal, exc, internal=False)
         return None
     except Exception as exc:  # the guard's own failure: not a reason to skip budgets
@@ -170,7 +170,7 @@ def _checked_reserve(
     refusal: _Refusal, size: tuple[int, int | None, int]
 ) -> tuple[list[ledger.BudgetInfo], list[int], tuple[int, int], set[int]] | None:
     """:func:`_reserve`, asked once more on a new connection if the one it met was broken."""
-    alias = ledger.counters_alias()
+    alias = counters.counters_alias()
     try:
         # (A connection that stops answering is shut, not waited on forever.)
         with stalls.watch(alias):
@@ -179,7 +179,7 @@ def _checked_reserve(
         # The next statement must not meet the same dead connection: a long-lived
         # process has no request cycle to discard it. If one was open (it may just
         # be stale: the server restarted), ask once more on a new one.
-        if not ledger.discard_broken_connections(exc):
+        if not counters.discard_broken_connections(exc):
             raise
         with stalls.watch(alias):
             return _reserve(refusal, size)
@@ -324,7 +324,8 @@ def _reserve(
     bound = to_units(estimate) if estimate is not None else 0
     units = math.ceil(bound * calibration.scale(provider, model))
     ids = ledger.counter_ids(budgets)
-    return budgets, ids, (units, bound), ledger.reserve(ids, units)
+    taken, units = counters.reserve(ids, units, bound)  # (maybe scaled up: bound_scale)
+    return budgets, ids, (units, bound), taken
 
 
 def _known_without_budget(ctx: TrackingContext) -> tuple[bool, int | None]:
@@ -428,7 +429,7 @@ def _reject(
     scope = f"team {team!r}{' feature ' + repr(budget.feature) if budget.feature else ''}"
     try:
         if reserved:
-            ledger.settle_counters({c: (units, 0) for c in reserved})
+            counters.settle_counters({c: (units, 0) for c in reserved})
         counter = SpendCounter.objects.select_related("budget").get(id=counter_id)
     except Exception as exc:
         _log_once(exc, "refusing a call over its budget", internal=True, decision="refused")

@@ -1,23 +1,15 @@
-"""The budget ledger: spend counters, and the statements that reserve and settle them.
+"""The budget ledger: which counters apply to a call, and when a reservation is settled.
 
-Each budget has one ``SpendCounter`` per window (day or month). A reservation is ONE
-conditional UPDATE over every counter that applies to a call::
-
-    UPDATE spendcounter SET reserved = reserved + :x
-     WHERE id IN (:counters) AND (NOT blocking OR spent + reserved + :x <= limit)
-    RETURNING id
-
-The database serialises concurrent updates of a row and re-checks the condition on the
-newest row, so N workers together can never reserve past a limit. A reservation travels
-on the call's event and is settled (reserved -= estimate, spent += real cost) at the end
-of the call (:data:`settler`, from the pipeline), so spend is current within one call
-whatever the recorder; the settled mark travels with the event, so it is never settled
-twice. A reservation that could not be settled then (the database was unreachable, an
-ingested event) is settled by the recorder in the transaction that stores its event
-(:func:`settle_batch`, a write hook); one whose ``COMMIT`` was cut, so that it may or may
-not have happened, is decided by asking PostgreSQL what became of its transaction
-(:func:`resolve_settlements`). Either way a budget's spend equals the sum of its
-stored events' costs; ``reconcile`` rebuilds it from them.
+Each budget has one ``SpendCounter`` per window (day or month); the statements on them
+(reserve, settle exactly once, adjust) are in :mod:`.counters`. A reservation travels on
+the call's event and is settled (reserved -= bound, spent += real cost) at the end of the
+call (:data:`settler`, from the pipeline), so spend is current within one call whatever
+the recorder. A reservation that could not be settled then (the database was
+unreachable, the connection was cut during its ``COMMIT``, an ingested event) is settled
+by the recorder in the transaction that stores its event (:func:`settle_batch`, a write
+hook); the settlement token makes that count once even if the first one did commit.
+Either way a budget's spend equals the sum of its stored events' costs; ``reconcile``
+rebuilds it from them.
 """
 
 from __future__ import annotations
@@ -34,22 +26,24 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import (
-    DEFAULT_DB_ALIAS,
     DatabaseError,
-    DataError,
-    IntegrityError,
     InterfaceError,
-    OperationalError,
     connections,
-    router,
-    transaction,
 )
 from django.db.models import Sum
 
 from .conf import fluxgate_settings, on_reload
+from .counters import (
+    charge,
+    counters_alias,
+    forget_tokens,
+    settle_counters,
+    settle_once,
+    settlement_for,
+)
 from .money import from_units, to_units
 from .periods import window_bounds, window_start
-from .records import CHARGE_ESTIMATE, CostSource, EventRecord, Status
+from .records import EventRecord
 
 logger = logging.getLogger("fluxgate.budgets")
 
@@ -167,206 +161,7 @@ def counter_ids(budgets: Iterable[BudgetInfo], now: dt.datetime | None = None) -
     return [_cache.counters[(b.id, start)] for b, start in wanted]
 
 
-# -- connections after an error -------------------------------------------------------
-
-
-def discard_broken_connections(exc: BaseException | None = None) -> bool:
-    """After a database error outside a transaction: close this thread's connections the
-    budget statements use, so that the next call opens new ones. True if one was open.
-
-    A long-lived process (a script, a thread pool, a Celery task, a management command)
-    has no request cycle to close a connection the server dropped, and Django's own
-    check (``close_if_unusable_or_obsolete``) runs only around requests: without this,
-    every later call would fail on the dead connection after the database is back. A
-    connection inside a transaction (``atomic``) is the caller's to roll back; after a
-    data error (a value refused) the connection is fine, and left open.
-    """
-    if isinstance(exc, DataError | IntegrityError):
-        return False
-    from .models import Budget, SpendCounter, Team
-
-    aliases = {
-        DEFAULT_DB_ALIAS,
-        router.db_for_write(SpendCounter),
-        router.db_for_read(Budget),
-        router.db_for_read(Team),
-    }
-    closed = False
-    for alias in aliases:
-        conn = connections[alias]
-        if conn.connection is None or conn.in_atomic_block:
-            continue
-        closed = True
-        try:
-            conn.close()
-        except Exception:  # closing a broken connection can fail too: it is gone either way
-            conn.connection = None
-    return closed
-
-
-# -- reserve / settle ----------------------------------------------------------------
-
-
-def counters_alias() -> str:
-    """The database alias the spend counters are updated on."""
-    from .models import SpendCounter
-
-    return str(router.db_for_write(SpendCounter))
-
-
-def _connection() -> Any:
-    from .models import SpendCounter
-
-    conn = connections[counters_alias()]
-    return conn, conn.ops.quote_name(SpendCounter._meta.db_table)
-
-
-def reserve(ids: list[int], units: int) -> set[int]:
-    """One conditional UPDATE; the ids of the counters that took the reservation."""
-    conn, table = _connection()
-    placeholders = ", ".join(["%s"] * len(ids))
-    where = (
-        f"id IN ({placeholders}) AND "
-        f"(NOT blocking OR spent_units + reserved_units + %s <= limit_units)"
-    )
-    sql = f"UPDATE {table} SET reserved_units = reserved_units + %s WHERE {where}"
-    if conn.vendor == "postgresql":
-        sql = _without_commit_wait(table, "reserved_units = reserved_units + %s", where)
-    if _update_returning(conn):
-        with conn.cursor() as cursor:
-            cursor.execute(f"{sql} RETURNING id", [units, *ids, units])
-            return {row[0] for row in cursor.fetchall()}
-    # Databases without UPDATE ... RETURNING: one row at a time, in a transaction.
-    taken = set()
-    with transaction.atomic(using=conn.alias), conn.cursor() as cursor:
-        for counter in ids:
-            cursor.execute(
-                f"UPDATE {table} SET reserved_units = reserved_units + %s WHERE id = %s AND "
-                "(NOT blocking OR spent_units + reserved_units + %s <= limit_units)",
-                [units, counter, units],
-            )
-            if cursor.rowcount:
-                taken.add(counter)
-    return taken
-
-
-def _update_returning(conn: Any) -> bool:
-    if conn.vendor == "postgresql":
-        return True
-    if conn.vendor == "sqlite":
-        import sqlite3
-
-        return sqlite3.sqlite_version_info >= (3, 35)
-    return False
-
-
-def settle_counters(
-    changes: dict[int, tuple[int, int]], *, own_transaction: bool = False
-) -> str | None:
-    """Apply ``{counter_id: (reserved units to free, units spent)}``.
-
-    On PostgreSQL it is one statement, which returns its transaction's id: if the commit
-    fails (a cut connection), :func:`resolve_settlements` asks the server whether it
-    happened anyway. None elsewhere (or with nothing to apply). ``own_transaction``: the
-    atomic block it runs in is FluxGate's own, not a caller's, so its commit need not wait
-    for the WAL flush either (see :func:`_without_commit_wait`)."""
-    if not changes:
-        return None
-    conn, table = _connection()
-    rows = [(freed, spent, counter) for counter, (freed, spent) in changes.items()]
-    try:
-        with conn.cursor() as cursor:
-            if conn.vendor == "postgresql":
-                values = ", ".join(["(%s::bigint, %s::bigint, %s::bigint)"] * len(rows))
-                target, sources, where = (
-                    f"{table} AS c",
-                    f"(VALUES {values}) AS v(freed, spent, id)",
-                    "c.id = v.id",
-                )
-                assignments = (
-                    "reserved_units = c.reserved_units - v.freed, "
-                    "spent_units = c.spent_units + v.spent"
-                )
-                if conn.in_atomic_block and not own_transaction:
-                    sql = f"UPDATE {target} SET {assignments} FROM {sources} WHERE {where}"
-                else:  # its own transaction
-                    sql = _without_commit_wait(target, assignments, where, sources=sources)
-                cursor.execute(
-                    f"{sql} RETURNING pg_current_xact_id()::text",
-                    [value for row in rows for value in row],
-                )
-                found = cursor.fetchone()
-                return None if found is None else str(found[0])
-            cursor.executemany(
-                f"UPDATE {table} SET reserved_units = reserved_units - %s, "
-                "spent_units = spent_units + %s WHERE id = %s",
-                rows,
-            )
-    except (DatabaseError, InterfaceError) as exc:
-        discard_broken_connections(exc)
-        raise
-    return None
-
-
-def resolve_settlements(records: Sequence[EventRecord]) -> None:
-    """Decide the records whose settlement at the end of the call failed as its
-    transaction was committing (``settle_xid``: the connection was cut during
-    ``COMMIT``, so it may have happened). PostgreSQL says whether that transaction
-    committed (``pg_xact_status``): if it did, the reservation is settled, else not.
-    :class:`OperationalError` (the write is retried) while it is still in progress."""
-    uncertain = [
-        r for r in records if r.budget_reservation and r.budget_reservation.get("settle_xid")
-    ]
-    if not uncertain:
-        return
-    xids = sorted({str(r.budget_reservation["settle_xid"]) for r in uncertain})  # type: ignore[index]
-    conn, _ = _connection()
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT x, pg_xact_status(x::xid8) FROM unnest(%s::text[]) AS x", [xids])
-            status = dict(cursor.fetchall())
-    except (DatabaseError, InterfaceError) as exc:
-        discard_broken_connections(exc)
-        raise
-    if "in progress" in status.values():
-        raise OperationalError("a budget settlement's transaction is still committing")
-    for record in uncertain:
-        reservation = dict(record.budget_reservation)  # type: ignore[arg-type]
-        xid = reservation.pop("settle_xid")
-        reservation["settled"] = status.get(xid) == "committed"
-        record.budget_reservation = reservation
-
-
-def _without_commit_wait(table: str, assignments: str, where: str, sources: str = "") -> str:
-    """The same UPDATE, committed without waiting for the WAL flush (PostgreSQL).
-
-    A reservation is one autocommit statement; waiting for fsync at each commit caps a
-    budget at a few hundred calls a second on ordinary disks (the flush, not the update,
-    is the cost). Counters are derived data: events are stored durably, and
-    ``manage.py fluxgate_budgets --reconcile`` rebuilds counters from them after a
-    database crash lost their last moments. ``set_config(..., true)`` applies to this
-    statement's own transaction only, in the same round trip.
-    """
-    return (
-        "WITH fluxgate_no_wait AS (SELECT set_config('synchronous_commit', 'off', true)) "
-        f"UPDATE {table} SET {assignments} "
-        f"FROM {sources + ', ' if sources else ''}fluxgate_no_wait WHERE {where}"
-    )
-
-
 # -- settlement in the recorder (write hooks) -------------------------------------------
-
-
-def _charge(record: EventRecord) -> int:
-    """Units a reserved record spends: its cost; the estimate when usage was not reported
-    (a stream read without usage must not slip past budgets); else nothing."""
-    reservation = record.budget_reservation or {}
-    if record.cost_usd is not None:
-        return to_units(record.cost_usd)
-    kind = CostSource.of(record.cost_source)
-    if kind in CHARGE_ESTIMATE and record.status != Status.ERROR.value:
-        return int(reservation.get("estimate_units", 0))
-    return 0
 
 
 def note_estimate_charges(records: Sequence[EventRecord]) -> None:
@@ -374,7 +169,7 @@ def note_estimate_charges(records: Sequence[EventRecord]) -> None:
     estimate, in its metadata, so that ``reconcile`` counts it."""
     for record in records:
         if record.budget_reservation and record.cost_usd is None:
-            charged = _charge(record)
+            charged = charge(record)
             if charged:
                 record.metadata = {
                     **record.metadata,
@@ -382,55 +177,20 @@ def note_estimate_charges(records: Sequence[EventRecord]) -> None:
                 }
 
 
-def settlement_for(records: Iterable[EventRecord]) -> dict[int, tuple[int, int]]:
-    """``{counter: (freed, spent)}`` for the budget reservations these records carry."""
-    changes: dict[int, list[int]] = {}
-    for record in records:
-        reservation = record.budget_reservation
-        if not reservation:
-            continue
-        estimate = int(reservation["estimate_units"])
-        spent = _charge(record)
-        for counter in reservation["counters"]:
-            totals = changes.setdefault(int(counter), [0, 0])
-            totals[0] += estimate
-            totals[1] += spent
-    return {c: (freed, spent) for c, (freed, spent) in changes.items()}
-
-
-def withdrawal_for(records: Iterable[EventRecord]) -> dict[int, tuple[int, int]]:
-    """``{counter: (freed, spent)}`` that takes back what these records hold on budgets:
-    for records that will never be stored (quarantined), so that spend stays the sum of
-    the stored events' costs. A reservation not settled yet is freed; one settled at the
-    end of its call has its charge taken back too."""
-    changes: dict[int, list[int]] = {}
-    records = list(records)
-    resolve_settlements(records)
-    for record in records:
-        reservation = record.budget_reservation
-        if not reservation:
-            continue
-        if _settled(record):
-            freed, spent = 0, -_charge(record)
-        else:
-            freed, spent = int(reservation["estimate_units"]), 0
-        for counter in reservation["counters"]:
-            totals = changes.setdefault(int(counter), [0, 0])
-            totals[0] += freed
-            totals[1] += spent
-    return {c: (freed, spent) for c, (freed, spent) in changes.items() if freed or spent}
-
-
 def settle_batch(records: Sequence[EventRecord]) -> list[int]:
     """Write hook (in the write's transaction): settle the reservations of the records
-    this transaction inserted that were not settled at the end of their call (an ingested
-    event, a call whose settlement could not reach the database). Returns the counters
-    these records touched (for threshold alerts)."""
-    touched = {
-        int(c) for r in records if r.budget_reservation for c in r.budget_reservation["counters"]
-    }
-    resolve_settlements(records)
-    settle_counters(settlement_for(r for r in records if not _settled(r)))
+    this transaction inserted that were not settled at the end of their call — by token
+    where a settlement was tried (it may have committed), directly where none was (an
+    ingested event) — and drop their tokens. Returns the counters these records touched
+    (for threshold alerts)."""
+    reserved = [r for r in records if r.budget_reservation]
+    if not reserved:
+        return []
+    touched = {int(c) for r in reserved for c in r.budget_reservation["counters"]}  # type: ignore[index]
+    tried = [r for r in reserved if not _settled(r) and r.budget_reservation.get("attempted")]  # type: ignore[union-attr]
+    settle_once(tried)
+    settle_counters(settlement_for(r for r in reserved if not _settled(r) and r not in tried))
+    forget_tokens(reserved)
     return sorted(touched)
 
 
@@ -478,27 +238,17 @@ class _Settler:
     def _settle(self, record: EventRecord) -> None:
         reservation = record.budget_reservation
         assert reservation is not None
-        xid = None
         try:
-            # A transaction (a savepoint inside a caller's) on the counters' database, so
-            # that its id is known before its COMMIT, which a cut connection may lose.
-            alias = counters_alias()
-            own = not connections[alias].in_atomic_block
-            with transaction.atomic(using=alias):
-                xid = settle_counters(settlement_for([record]), own_transaction=own)
-        except (DatabaseError, InterfaceError) as exc:
-            discard_broken_connections(exc)
+            settle_once([record])  # (one statement: once, however often it is retried)
+        except (DatabaseError, InterfaceError):
             logger.warning(
                 "FluxGate could not settle a budget reservation now; it is settled when "
                 "the call's event is written",
                 exc_info=True,
             )
-            # The statement ran and the commit failed: it may have committed all the
-            # same; the write hook asks the database (resolve_settlements).
-            unsettled = {**reservation, "settled": False}
-            if xid is not None:
-                unsettled["settle_xid"] = xid
-            record.budget_reservation = unsettled
+            # It may have committed all the same (a cut COMMIT): the write hook settles
+            # it by its token, which says.
+            record.budget_reservation = {**reservation, "settled": False, "attempted": True}
             return
         record.budget_reservation = {**reservation, "settled": True}
 
@@ -528,7 +278,7 @@ settler = _Settler()
 def reconcile(budget: Any, *, release_reservations: bool = False) -> Any:
     """Recompute a budget's current-window spend from its events.
 
-    For after a database crash lost the last counter updates (see _without_commit_wait),
+    For after a database crash lost the last counter updates (see ``counters._NO_WAIT``),
     or to free reservations left by processes killed mid-call (only when no call is in
     flight). Returns the counter.
     """

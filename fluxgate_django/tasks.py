@@ -21,7 +21,7 @@ from .recording import failures, spool
 from .recording.celery import payload_records
 from .recording.rows import events_alias
 from .recording.write import write_events
-from .retention import delete_old_events
+from .retention import delete_old_events, delete_old_settlement_tokens
 
 try:
     import psycopg
@@ -128,5 +128,7 @@ def check_budgets() -> int:
 
 @shared_task(name=TASKS.apply_retention)
 def apply_retention(batch_size: int = 10_000) -> int:
-    """Delete events older than ``FLUXGATE["RETENTION_DAYS"]`` in batches (rollups stay)."""
+    """Delete events older than ``FLUXGATE["RETENTION_DAYS"]`` in batches (rollups stay),
+    and budget settlement tokens left behind (see ``delete_old_settlement_tokens``)."""
+    delete_old_settlement_tokens()
     return delete_old_events(batch_size=batch_size)

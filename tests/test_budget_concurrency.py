@@ -133,3 +133,42 @@ def test_calls_costing_four_times_the_naive_estimate_still_stop_at_the_limit(fak
     assert counter.spent <= limit + call_cost
     assert counter.spent >= limit - 2 * call_cost  # used, not refused early
     assert sum(o["blocked"] for o in outputs) > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_process_that_starts_near_the_limit_reserves_what_others_learned(fake):
+    """The CI failure this guards against: a process that starts late, with the budget
+    nearly used, has learned nothing of its own yet about how far calls run past their
+    bound (3x here). Its first 8 concurrent calls used to reserve a third of their cost
+    each (spent 114 % of the limit). The counter's ``bound_scale``, learned by the other
+    process's settlements, makes them reserve their real cost: at most one call over."""
+    postgres_only()
+    budgets_module.clear_cache()
+    team = Team.objects.create(name="Late", slug="late")
+    limit = Decimal("0.06")
+    budget = Budget.objects.create(team=team, period="day", limit_usd=limit)
+    fake.default_reply = FakeReply(input_tokens=80, output_tokens=200, delay=0.05)
+    call_cost = Decimal(80) * Decimal("2.5") / 10**6 + Decimal(200) * 10 / 10**6  # $0.0022
+
+    # One process, one thread: 23 calls in turn ($0.0506; $0.0094 left, ~4 calls).
+    (first,) = _hammer(fake, "late", processes=1, threads=1, calls=23)
+    assert first == {"ok": 23, "blocked": 0, "errors": 0}
+    counter = SpendCounter.objects.get(budget=budget)
+    assert counter.bound_scale > 2.5  # learned: these calls cost ~3x their bound
+    # A new process: 8 threads at once, 2 calls each.
+    (late,) = _hammer(fake, "late", processes=1, threads=8, calls=2)
+
+    counter.refresh_from_db()
+    events = Event.objects.filter(team=team)
+    print(
+        f"\nlate process: {late['ok']} calls, {late['blocked']} refused; "
+        f"spent ${counter.spent} of ${limit} (a call: ${call_cost})"
+    )
+    assert late["errors"] == 0 and late["blocked"] > 0
+    assert counter.reserved_units == 0
+    assert (
+        counter.spent
+        == events.filter(status="SUCCESS").total_cost()
+        == (23 + late["ok"]) * call_cost
+    )
+    assert counter.spent <= limit + call_cost

@@ -11,7 +11,15 @@ from decimal import Decimal
 import pytest
 from django.db import OperationalError
 
-from fluxgate_django import BudgetExceeded, guard, ledger, teams, track_openai, tracking_context
+from fluxgate_django import (
+    BudgetExceeded,
+    counters,
+    guard,
+    ledger,
+    teams,
+    track_openai,
+    tracking_context,
+)
 from fluxgate_django.exceptions import BudgetStoreUnavailable
 from fluxgate_django.models import Budget, Event, SpendCounter, Team
 from fluxgate_django.testing import FakeReply
@@ -150,10 +158,10 @@ def test_an_internal_error_is_logged_once_per_cause_with_its_cause(
 
 
 def test_an_outage_is_logged_once_too(client, fake, team, caplog, monkeypatch):
-    def unreachable(ids, units):
+    def unreachable(ids, units, bound=0):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(ledger, "reserve", unreachable)
+    monkeypatch.setattr(counters, "reserve", unreachable)
     caplog.set_level(logging.WARNING, logger="fluxgate")
     with fluxgate_overrides(BUDGET_FAIL_OPEN=True), tracking_context(team="search"):
         for _ in range(4):
@@ -195,7 +203,7 @@ def test_a_failure_while_refusing_a_call_over_its_budget_still_refuses_it(
     def settle_counters(changes):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(ledger, "settle_counters", settle_counters)
+    monkeypatch.setattr(counters, "settle_counters", settle_counters)
     with (
         fluxgate_overrides(RAISE_ERRORS=False),
         tracking_context(team="search", feature="agent"),

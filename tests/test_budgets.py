@@ -18,6 +18,7 @@ from django.test import override_settings
 import fluxgate_django
 from fluxgate_django import (
     BudgetExceeded,
+    counters,
     ledger,
     periods,
     track_anthropic,
@@ -214,10 +215,10 @@ def test_budget_store_down_blocks_by_default_and_allows_when_fail_open(
 ):
     Budget.objects.create(team=team, period="day", limit_usd=Decimal("1"))
 
-    def unreachable(ids, units):
+    def unreachable(ids, units, bound=0):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(ledger, "reserve", unreachable)
+    monkeypatch.setattr(counters, "reserve", unreachable)
     with tracking_context(team="search"), pytest.raises(BudgetStoreUnavailable, match="FAIL_OPEN"):
         client.chat.completions.create(model="gpt-4o", messages=MSGS)
     assert fake.request_count == 0

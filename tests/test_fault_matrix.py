@@ -306,26 +306,19 @@ def test_a_connection_cut_during_commit(proxy, monkeypatch, capsys, when):
 def test_a_connection_cut_during_the_commit_of_a_calls_settlement(
     proxy, fake, monkeypatch, capsys, when
 ):
-    """A call's reservation is settled at its end, in the caller's thread; the connection
-    is cut during that ``COMMIT``. The caller can't tell whether it happened, and neither
-    could FluxGate: it used to settle it again with the event (spend counted twice,
-    seen in CI). The write now asks PostgreSQL what became of that transaction
-    (``pg_xact_status``) and settles only one that did not commit."""
+    """A call's reservation is settled at its end, in the caller's thread, by one
+    autocommit statement; the connection is cut before the server has it, or once it has
+    committed and before its reply is back. The caller can't tell which: it used to settle
+    it again with the event (spend counted twice, seen in CI). The statement inserts the
+    call's settlement token, so the write's retry of it is a no-op if it committed."""
     import openai
-    from django.db.backends.postgresql.base import DatabaseWrapper
 
     from fluxgate_django import ledger
 
     budget = budgeted_team("cut-settle")
     direct = services.database_url()
-    real_commit = DatabaseWrapper._commit
-    real_settle = ledger.settle_counters
-    armed = threading.local()
+    real_settle = ledger.settle_once
     fired: list[int] = []
-
-    def settle_counters(changes: Any, **options: Any) -> Any:
-        armed.on = threading.current_thread().name == "caller"
-        return real_settle(changes, **options)
 
     def spent() -> int:
         import psycopg
@@ -335,10 +328,9 @@ def test_a_connection_cut_during_the_commit_of_a_calls_settlement(
             row = conn.execute(query, [budget.pk]).fetchone()
             return 0 if row is None else int(row[0])
 
-    def commit(wrapper: Any) -> Any:
-        if getattr(armed, "on", False) and not fired:
-            armed.on = False
-            port = client_port(wrapper)
+    def settle_once(records: Any) -> Any:
+        if threading.current_thread().name == "caller" and not fired:
+            port = client_port(connection)
             fired.append(port)
             if when == "before-the-server-has-it":
                 proxy.sever(port)
@@ -351,10 +343,9 @@ def test_a_connection_cut_during_the_commit_of_a_calls_settlement(
                     proxy.sever(port)
 
                 threading.Thread(target=cut_once_committed, daemon=True).start()
-        return real_commit(wrapper)
+        return real_settle(records)
 
-    monkeypatch.setattr(ledger, "settle_counters", settle_counters)
-    monkeypatch.setattr(DatabaseWrapper, "_commit", commit)
+    monkeypatch.setattr(ledger, "settle_once", settle_once)
     ids: set[uuid.UUID] = set()
 
     def calls() -> None:

@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_openai import ChatOpenAI
 
 import fluxgate_django
-from fluxgate_django import BudgetExceeded, ledger, teams
+from fluxgate_django import BudgetExceeded, counters, ledger, teams
 from fluxgate_django.models import Budget, Event, SpendCounter, Team
 from fluxgate_django.testing import FakeReply
 from fluxgate_langchain import FluxGateHandler
@@ -203,7 +203,7 @@ def test_an_unreachable_budget_store_refuses_the_call_sync_and_async(llm, fake, 
     def unreachable(*args, **kwargs):
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(ledger, "reserve", unreachable)
+    monkeypatch.setattr(counters, "reserve", unreachable)
     handler = FluxGateHandler(team="search")
     with pytest.raises(BudgetStoreUnavailable):
         llm.invoke("hi", config={"callbacks": [handler]})

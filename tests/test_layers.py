@@ -39,9 +39,9 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     ("pricing, teams, media tokens", [r"fluxgate_django\.(pricing|teams|media_tokens)"]),
     (
-        "budget ledger, estimates, alerts, runaway, rollups, retention",
+        "budget counters and ledger, estimates, alerts, runaway, rollups, retention",
         [
-            r"fluxgate_django\.(ledger|estimate|alerts|runaway|retention)",
+            r"fluxgate_django\.(counters|ledger|estimate|alerts|runaway|retention)",
             r"fluxgate_django\.reports\.(rollups|rollup_batch)",
         ],
     ),

@@ -26,6 +26,7 @@ from django.urls import reverse
 
 import fluxgate_django
 from fluxgate_django import BudgetExceeded, ledger, teams, track_openai, tracking_context
+from fluxgate_django import counters as fluxgate_counters
 from fluxgate_django.alerts import wait_for_notifications
 from fluxgate_django.context import TrackingContext
 from fluxgate_django.models import (
@@ -301,7 +302,7 @@ def _reserved_record(team):
     budget guard does), not settled yet."""
     counters = ledger.counter_ids(ledger.applicable_budgets(team.pk, ""))
     estimate = to_units(Decimal("0.01"))
-    assert ledger.reserve(counters, estimate) == set(counters)
+    assert fluxgate_counters.reserve(counters, estimate) == (set(counters), estimate)
     reservation = {"counters": counters, "estimate_units": estimate}
     return _record(team.slug, budget_reservation=reservation)
 

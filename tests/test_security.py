@@ -388,20 +388,30 @@ AUDITED_SQL = {
         "SELECT of the Event table's tracking_id column (quote_name of the model's own "
         "names) with one %s placeholder per id; the ids (validated UUIDs) are parameters"
     ),
-    ("fluxgate_django/ledger.py", "reserve", "execute"): (
-        "table name from quote_name(Model._meta.db_table), counter ids and units as %s "
-        "placeholders; nothing from a request is formatted in"
+    ("fluxgate_django/counters.py", "reserve", "execute"): (
+        "table name from quote_name(Model._meta.db_table), fixed SQL (the MAX_SCALE "
+        "constant is a float of this module); counter ids and units as %s placeholders; "
+        "nothing from a request is formatted in"
     ),
-    ("fluxgate_django/ledger.py", "settle_counters", "executemany"): (
+    ("fluxgate_django/counters.py", "settle_counters", "executemany"): (
         "same: quoted table name, fixed assignments, values as placeholders"
     ),
-    ("fluxgate_django/ledger.py", "settle_counters", "execute"): (
+    ("fluxgate_django/counters.py", "settle_counters", "execute"): (
         "PostgreSQL: quoted table name, fixed assignments, one fixed (%s, %s, %s) row of "
         "placeholders per counter in a VALUES list; the units and ids are parameters"
     ),
-    ("fluxgate_django/ledger.py", "resolve_settlements", "execute"): (
-        "fixed SELECT of pg_xact_status over unnest(%s::text[]); the transaction ids are "
-        "one array parameter"
+    ("fluxgate_django/counters.py", "settle_once", "execute"): (
+        "PostgreSQL: quoted counter and token table names, fixed CTEs and assignments (the "
+        "SCALE_DECAY constant is this module's float), one fixed row of typed %s "
+        "placeholders per (tracking id, counter) in a VALUES list; every value a parameter"
+    ),
+    ("fluxgate_django/counters.py", "_insert_tokens", "execute"): (
+        "INSERT ... ON CONFLICT DO NOTHING into the quoted token table; the tracking id "
+        "(a parsed UUID) and the time are parameters"
+    ),
+    ("fluxgate_django/counters.py", "_apply", "executemany"): (
+        "UPDATE of the quoted counter table with fixed assignments (SCALE_DECAY constant); "
+        "units, ratio and id as placeholders"
     ),
     ("fluxgate_django/recording/sql.py", "insert", "executemany"): (
         "INSERT built once from the Event model's own columns (quote_name), values as placeholders"

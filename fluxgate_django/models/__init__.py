@@ -2,7 +2,7 @@
 their rollups (one module each)."""
 
 from ..money import from_units, to_units
-from .budgets import Budget, BudgetAlert, SpendAnomaly, SpendCounter
+from .budgets import Budget, BudgetAlert, SettlementToken, SpendAnomaly, SpendCounter
 from .dead_letters import DeadLetter
 from .events import Event, EventQuerySet, ModelPrice
 from .fields import COST_FIELD, PRICE_FIELD
@@ -24,6 +24,7 @@ __all__ = [
     "EventQuerySet",
     "ModelPrice",
     "RollupBase",
+    "SettlementToken",
     "SpendAnomaly",
     "SpendCounter",
     "Team",

@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -75,6 +76,10 @@ class SpendCounter(models.Model):
     blocking = models.BooleanField()
     spent_units = models.BigIntegerField(default=0)
     reserved_units = models.BigIntegerField(default=0)
+    #: How far calls' real costs have run past their reserved bound in this window (the
+    #: largest ratio, decaying by 2 % a settlement): every process scales its next
+    #: reservations by it, so one that starts late doesn't under-reserve.
+    bound_scale = models.FloatField(default=1.0, db_default=1.0)
 
     class Meta:
         constraints = [
@@ -105,6 +110,23 @@ class SpendCounter(models.Model):
         return (Decimal(self.spent_units) * 100 / Decimal(self.limit_units)).quantize(
             Decimal("0.1")
         )
+
+
+class SettlementToken(models.Model):
+    """A call whose reservation has been settled, by its event's ``tracking_id``.
+
+    The settlement inserts it in the same statement that updates the counters, and does
+    nothing if it is there already, so a settlement retried after a cut connection (it
+    may or may not have committed) counts once. Deleted when the event is stored (no later
+    settlement can happen then), and after ``TOKEN_DAYS`` at the latest."""
+
+    TOKEN_DAYS = 30
+
+    tracking_id = models.UUIDField(primary_key=True)
+    created_at = models.DateTimeField(db_default=Now(), db_index=True)
+
+    def __str__(self) -> str:
+        return str(self.tracking_id)
 
 
 class BudgetAlert(models.Model):

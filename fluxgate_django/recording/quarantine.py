@@ -18,7 +18,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from .. import ledger, teams
+from .. import counters, teams
 from ..records import EventRecord
 
 logger = logging.getLogger("fluxgate.recording")
@@ -47,7 +47,7 @@ def quarantine(record: EventRecord, reason: str, alias: str) -> bool:
         try:
             with transaction.atomic(using=alias):
                 letter.save(force_insert=True, using=alias)
-                ledger.settle_counters(ledger.withdrawal_for([record]))
+                counters.withdraw([record])
         except IntegrityError:
             if DeadLetter.objects.using(alias).filter(tracking_id=record.tracking_id).exists():
                 return False  # quarantined before

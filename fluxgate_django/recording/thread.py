@@ -66,6 +66,9 @@ class ThreadRecorder(BaseRecorder):
         self._closed = False
         self._errors: list[Exception] = []
         self._recovered_pid = 0
+        #: Set once this process's first writer has recovered dead processes' journals
+        #: (a flush waits for it: what they journaled is written before it returns).
+        self._recovered = threading.Event()
         self._init_batches()
         self._init_overflow()
         atexit.register(self._at_exit)
@@ -270,6 +273,8 @@ class ThreadRecorder(BaseRecorder):
                 # still being written by another writer.
                 with self._taking:
                     self._taking.wait_for(functools.partial(self._written_up_to, number))
+                # (and what dead processes journaled, which the first writer recovers)
+                self._recovered.wait()
                 self._replay_spool()
                 marker.set()
 
@@ -284,8 +289,11 @@ class ThreadRecorder(BaseRecorder):
         except Exception:
             logger.exception("FluxGate could not recover the journals of dead processes")
             return
-        if recovered:
-            self._replay_spool()
+        else:
+            if recovered:
+                self._replay_spool()
+        finally:
+            self._recovered.set()
 
     def _replay_spool(self) -> None:
         """At a flush: write what the spool holds, if the database is back. (Each write
@@ -360,5 +368,6 @@ class ThreadRecorder(BaseRecorder):
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
         self._threads = []
+        self._recovered = threading.Event()
         self._init_batches()
         self._init_overflow()
