@@ -85,12 +85,12 @@ def measure_threads(pair, threads: int, seconds: float, connection) -> tuple[lis
 def end_of_call_settle(ctx, cost: Decimal, seconds: float) -> dict:
     """What a tracked call's end adds to the caller for its budget: the settlement of its
     event's reservation at its real cost (``ledger.settler``), timed alone, per call."""
+    from django.db import connection
+
     from fluxgate_django.budgets import check_budget
     from fluxgate_django.ledger import settler
     from fluxgate_django.pipeline import make_record
     from fluxgate_django.records import CallInfo, Usage
-
-    from django.db import connection
 
     info = CallInfo(provider="openai", operation="chat", requested_model="gpt-4o", model="gpt-4o")
     times, round_trips = [], []

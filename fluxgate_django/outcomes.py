@@ -7,7 +7,10 @@ Django-free (``fluxgate_langchain`` imports it without a configured site).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from .records import CallInfo, CostSource, Status, Usage
 
@@ -118,3 +121,45 @@ def end_of_stream(info: CallInfo, usage: Usage | None, *, completed: bool) -> di
         info.usage_reported = False
         info.usage_missing_reason = CostSource.STREAM_INCOMPLETE.value
     return {"stream_completed": False}
+
+
+# -- OpenAI-compatible gateways ------------------------------------------------------------
+
+#: Hosts of OpenAI-compatible gateways → the provider name their events carry (and that
+#: genai-prices keys their models under: ``openrouter`` prices ``openai/gpt-4o``...).
+_GATEWAY_HOSTS = {"openrouter.ai": "openrouter"}
+
+
+def openai_compatible_provider(base_url: Any, default: str = "openai") -> str:
+    """The provider an OpenAI-format client at ``base_url`` talks to: a known gateway's
+    name (``https://openrouter.ai/api/v1`` → ``"openrouter"``), else ``default``.
+
+    Shared by every path that sees an OpenAI-format client (``track_openai``, the
+    LangChain handler reading a ``ChatOpenAI``'s base URL), so the same call is named —
+    and priced — the same way.
+    """
+    if not base_url:
+        return default
+    try:
+        host = (urlsplit(str(base_url)).hostname or "").lower()
+    except ValueError:
+        return default
+    for gateway, name in _GATEWAY_HOSTS.items():
+        if host == gateway or host.endswith("." + gateway):
+            return name
+    return default
+
+
+def reported_cost(usage: Any) -> Decimal | None:
+    """The cost in USD that OpenRouter (and some other OpenAI-compatible gateways) report
+    as ``usage.cost``; ``usage`` is the SDK's model or its dict form (LangChain's
+    ``token_usage``). None when there is none or it is not a number."""
+    if usage is None:
+        return None
+    cost = usage.get("cost") if isinstance(usage, Mapping) else getattr(usage, "cost", None)
+    if isinstance(cost, (int, float, str)) and not isinstance(cost, bool):
+        try:
+            return Decimal(str(cost))
+        except ArithmeticError:
+            return None
+    return None

@@ -9,14 +9,18 @@ Needs only ``langchain-core`` (``pip install 'django-fluxgate[langchain]'``). Im
 imports neither Django nor the FluxGate Django app: inside a Django site it records through
 the app; elsewhere it sends events to a FluxGate site (``FLUXGATE_URL``,
 ``FLUXGATE_API_KEY``). See :class:`FluxGateHandler`.
+
+Embeddings fire no LangChain callbacks: wrap the model, ``track_embeddings(OpenAIEmbeddings())``,
+to have its requests recorded (Django mode; see :mod:`fluxgate_langchain.embeddings`).
 """
 
 from __future__ import annotations
 
+from .embeddings import FluxGateEmbeddings, track_embeddings
 from .handler import FluxGateHandler
 from .remote import RemoteSender, flush_all
 
-__all__ = ["FluxGateHandler", "RemoteSender", "flush"]
+__all__ = ["FluxGateEmbeddings", "FluxGateHandler", "RemoteSender", "flush", "track_embeddings"]
 
 
 def flush(timeout: float | None = None) -> bool:

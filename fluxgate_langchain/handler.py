@@ -3,6 +3,7 @@ LLM call, with the same fields, prices and context as the tracked SDK clients.""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import sys
@@ -14,7 +15,14 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 
-from .readers import first_generation, provider_name, read_llm_result, status_for_error
+from .readers import (
+    cache_write_ttls,
+    first_generation,
+    provider_name,
+    read_llm_result,
+    status_for_error,
+    write_ttls_reported,
+)
 from .runs import LLMRun, RunMap
 from .sinks import Sink, remote_settings, select_sink
 
@@ -331,13 +339,15 @@ class FluxGateHandler(BaseCallbackHandler):
         with sink.guard("starting a LangChain run"):
             md = metadata or {}
             params = kwargs.get("invocation_params") or {}
-            provider = provider_name(md.get("ls_provider"))
+            provider = provider_name(md.get("ls_provider"), _base_url(serialized))
             requested = str(
                 md.get("ls_model_name") or params.get("model") or params.get("model_name") or ""
             )
             operation = _CHAT_OPERATION.get(provider, "chat") if chat else "completion"
             ctx = self._context(md, tags, parent_run_id)
             run = LLMRun(run_id, parent_run_id, ctx, provider, requested, operation)
+            if provider == "anthropic":
+                run.cache_ttls = cache_write_ttls(prompts, params)
             if sink.stores_content():
                 run.prompt = _prompt_content(prompts, chat)
             self._runs.put(run_id, run)
@@ -449,6 +459,8 @@ class FluxGateHandler(BaseCallbackHandler):
             info.usage_missing_reason = CostSource.USAGE_INCOMPLETE.value
             extra = {**(extra or {}), "usage_incomplete": "input_tokens"}
             _warn_input_missing(info)
+        elif usage is not None and usage.cache_write_tokens and not write_ttls_reported(response):
+            extra = self._cache_write_ttls(run, info, usage, sink, fields, extra)
         if extra:
             fields["extra_metadata"] = extra
         if sink.stores_content() and run.prompt is not None:
@@ -458,6 +470,41 @@ class FluxGateHandler(BaseCallbackHandler):
                 "response": getattr(generation, "text", None),
             }
         return info, usage, fields
+
+    @staticmethod
+    def _cache_write_ttls(
+        run: LLMRun,
+        info: CallInfo,
+        usage: Usage,
+        sink: Sink,
+        fields: dict[str, Any],
+        extra: dict[str, Any] | None,
+    ) -> dict[str, Any] | None:
+        """Cache writes reported without their TTL split (a streamed ChatAnthropic): the
+        request says it when all its breakpoints share one TTL; otherwise the event is
+        ``usage-incomplete``, at the most the writes may have cost (every one at the 1h
+        rate, where the price is known). Never the 5m rate for writes that may be 1h."""
+        from fluxgate_django.records import CostSource
+
+        if info.provider != "anthropic" or run.cache_ttls <= frozenset({"5m"}):
+            # Other providers have one write price; 5m is Anthropic's default TTL, and a
+            # breakpoint reaches the API only from the messages or the model's parameters
+            # (its kwargs, model_kwargs, bound tools), which are all seen here.
+            return extra
+        if run.cache_ttls == frozenset({"1h"}):
+            usage.cache_write_1h_tokens = usage.cache_write_tokens
+            return extra
+        all_1h = dataclasses.replace(usage, cache_write_1h_tokens=usage.cache_write_tokens)
+        bound = sink.upper_cost(run, info, (usage, all_1h))
+        info.usage_reported = False
+        info.usage_missing_reason = CostSource.USAGE_INCOMPLETE.value
+        extra = {**(extra or {}), "usage_incomplete": "cache_write_ttl"}
+        if bound is not None:
+            fields["cost_usd"] = bound
+            fields["cost_source"] = CostSource.USAGE_INCOMPLETE.value
+            extra["cost_is_upper_bound"] = True
+        _warn_ttl_missing(info)
+        return extra
 
 
 # -- refusals: FluxGate's log line, not LangChain's "Error in ... callback" ---------------
@@ -536,6 +583,15 @@ def _error_type(error: BaseException) -> str:
     return type(error).__name__
 
 
+def _base_url(serialized: Mapping[str, Any] | None) -> str:
+    """The API base URL a serialized OpenAI-format chat model was made with, if given."""
+    kwargs = (serialized or {}).get("kwargs")
+    if not isinstance(kwargs, Mapping):
+        return ""
+    url = kwargs.get("openai_api_base") or kwargs.get("base_url")
+    return url if isinstance(url, str) else ""
+
+
 def _has_usage(response: Any) -> bool:
     message = getattr(first_generation(response), "message", None)
     return bool(getattr(message, "usage_metadata", None))
@@ -581,4 +637,21 @@ def _warn_input_missing(info: CallInfo) -> None:
         "langchain-anthropic version that reads input counts from message_start.",
         "streamed " if info.streamed else "",
         info.provider or "chat model",
+    )
+
+
+def _warn_ttl_missing(info: CallInfo) -> None:
+    key = f"ttl:{info.provider}"
+    if key in _warned:
+        return
+    _warned.add(key)
+    logger.warning(
+        "FluxGate: a %s%s call through LangChain reported cache writes without their TTL "
+        "split (langchain-anthropic builds streamed usage from message_delta, which has "
+        "none), and its request mixes 5m and 1h cache_control breakpoints. Its event is "
+        "recorded at the most it may have cost (every write at the 1h rate, "
+        "cost_source='usage-incomplete') rather than under-charged. Call the model without "
+        "streaming, or give all the request's breakpoints one TTL, to have it priced exactly.",
+        "streamed " if info.streamed else "",
+        info.provider,
     )

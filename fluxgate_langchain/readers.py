@@ -26,12 +26,57 @@ _PROVIDER_NAMES = {"google_genai": "gemini", "google": "gemini"}
 _WRITE_5M = "ephemeral_5m_input_tokens"
 _WRITE_1H = "ephemeral_1h_input_tokens"
 
-#: Gemini finish reasons (no tracked Gemini client to share them with yet).
+#: Anthropic's cache TTL when a ``cache_control`` names none.
+_DEFAULT_TTL = "5m"
+#: How deep :func:`cache_write_ttls` looks into a request (content blocks sit at depth ~4).
+_MAX_TTL_DEPTH = 12
 
 
-def provider_name(value: Any) -> str:
+def provider_name(value: Any, base_url: Any = None) -> str:
+    """FluxGate's provider name for a LangChain ``ls_provider``; for an OpenAI-format model
+    at ``base_url``, the gateway it talks to (``openrouter``), named as the tracked SDK
+    client's events are (one helper for both paths)."""
     name = str(value or "").lower()
-    return _PROVIDER_NAMES.get(name, name)
+    name = _PROVIDER_NAMES.get(name, name)
+    if name == "openai" and base_url:
+        from fluxgate_django.outcomes import openai_compatible_provider
+
+        return openai_compatible_provider(base_url, name)
+    return name
+
+
+def cache_write_ttls(*parts: Any) -> frozenset[str]:
+    """The TTLs (``"5m"``, ``"1h"``) of every ``cache_control`` breakpoint in a request's
+    messages and parameters (a breakpoint without one is ``5m``). Anthropic writes the
+    cache only at breakpoints, so when they all have one TTL, every cache write has it."""
+    found: set[str] = set()
+    stack = [(part, 0) for part in parts]
+    while stack:
+        value, depth = stack.pop()
+        if depth > _MAX_TTL_DEPTH:
+            continue
+        content = getattr(value, "content", None)  # a BaseMessage
+        if content is not None and not isinstance(value, (Mapping, str)):
+            stack.append((content, depth + 1))
+            stack.append((getattr(value, "additional_kwargs", None), depth + 1))
+        elif isinstance(value, Mapping):
+            control = value.get("cache_control")
+            if isinstance(control, Mapping):
+                found.add(str(control.get("ttl") or _DEFAULT_TTL))
+            stack.extend((v, depth + 1) for k, v in value.items() if k != "cache_control")
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+    return frozenset(found)
+
+
+def write_ttls_reported(response: Any) -> bool:
+    """Did the model report its cache writes per TTL? (A streamed ChatAnthropic does not:
+    langchain-anthropic builds a stream's usage from ``message_delta``, which has no
+    breakdown, and passes ``message_start``'s usage to no callback.)"""
+    message = getattr(first_generation(response), "message", None)
+    usage = _mapping(getattr(message, "usage_metadata", None))
+    details = _mapping(usage.get("input_token_details"))
+    return _WRITE_5M in details or _WRITE_1H in details
 
 
 def usage_from_metadata(usage_metadata: Mapping[str, Any] | None) -> Usage | None:
@@ -134,6 +179,11 @@ def read_llm_result(response: Any, info: CallInfo) -> Usage | None:
     usage = usage_from_metadata(getattr(message, "usage_metadata", None))
     if usage is None and llm_output:
         usage = usage_from_llm_output(llm_output)
+    token_usage = _mapping(meta.get("token_usage")) or _mapping(llm_output.get("token_usage"))
+    if "cost" in token_usage:  # OpenRouter's own cost, used as the tracked SDK client does
+        from fluxgate_django.outcomes import reported_cost
+
+        info.reported_cost = reported_cost(token_usage)
     return usage
 
 

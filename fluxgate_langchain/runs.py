@@ -29,6 +29,7 @@ class LLMRun:
     """One chat model (or LLM) call in flight: what its event will be made of."""
 
     __slots__ = (
+        "cache_ttls",
         "ctx",
         "first_token_at",
         "operation",
@@ -63,6 +64,8 @@ class LLMRun:
         self.prompt: Any = None
         self.first_token_at: float | None = None
         self.started = time.perf_counter()
+        #: The cache TTLs the request's ``cache_control`` breakpoints name (Anthropic).
+        self.cache_ttls: frozenset[str] = frozenset()
 
     def record_fields(self) -> dict[str, Any]:
         """The ``make_record`` keywords that place the call in its LangChain run tree."""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..conf import fluxgate_settings
 from ..context import EMPTY_CONTEXT
+from ..outcomes import openai_compatible_provider
 from .anthropic import AnthropicAdapter
 from .core import instrument, is_instrumented
 from .gemini import GeminiReader, GeminiTransport
@@ -24,17 +25,21 @@ __all__ = ["is_instrumented", "track_anthropic", "track_gemini", "track_openai"]
 
 
 def track_openai(
-    client: ClientT | None = None, *, provider: str = "openai", **context: Any
+    client: ClientT | None = None, *, provider: str | None = None, **context: Any
 ) -> ClientT:
     """Track every LLM call of an ``OpenAI`` or ``AsyncOpenAI`` client (returned, same object).
 
-    Without a client, one is made from ``FLUXGATE["PROVIDERS"][provider]``. ``provider``
-    names an OpenAI-compatible endpoint's events (``"openrouter"``, ``"vllm"``...).
-    Keyword arguments bind context fields (``feature=``, ``user=``...) to the client.
+    Without a client, one is made from ``FLUXGATE["PROVIDERS"][provider or "openai"]``.
+    ``provider`` names an OpenAI-compatible endpoint's events (``"vllm"``...); by default
+    a known gateway is named from the client's base URL (``openrouter.ai`` →
+    ``"openrouter"``, as the LangChain handler names it), else ``"openai"``. Keyword
+    arguments bind context fields (``feature=``, ``user=``...) to the client.
     """
     if client is None:
-        client = _client_from_settings(provider, "openai", "OpenAI")
+        client = _client_from_settings(provider or "openai", "openai", "OpenAI")
     _check(client, "openai")
+    if provider is None:
+        provider = openai_compatible_provider(getattr(client, "base_url", None))
     reader = OpenAIAdapter(provider)
     return instrument(client, StainlessTransport(reader), reader, EMPTY_CONTEXT.merge(**context))
 

@@ -32,6 +32,14 @@ def normalise_anthropic_usage(usage: Any) -> Usage | None:
     )
 
 
+def served_tier(usage: Any) -> str:
+    """The tier Anthropic served a call on (``usage.service_tier``: ``standard``,
+    ``priority``, ``batch``), read the same way from a message and a stream's
+    ``message_start``; "" when not reported."""
+    tier = getattr(usage, "service_tier", None)
+    return tier if isinstance(tier, str) else ""
+
+
 def _stop(info: CallInfo, reason: str | None) -> None:
     set_finish(info, "anthropic", reason)
 
@@ -48,7 +56,7 @@ class AnthropicAdapter:
         info.model = getattr(response, "model", None) or info.requested_model
         _stop(info, getattr(response, "stop_reason", None))
         usage = getattr(response, "usage", None)
-        info.service_tier = getattr(usage, "service_tier", None) or ""
+        info.service_tier = served_tier(usage)
         return normalise_anthropic_usage(usage)
 
     def stream_accumulator(self, operation: str) -> Any:
@@ -78,7 +86,7 @@ class _MessageStream:
     """``message_start`` carries input and cache counts; ``message_delta`` the cumulative
     output count and stop reason (and, on some API versions, final input counts too)."""
 
-    __slots__ = ("model", "stop_reason", "usage")
+    __slots__ = ("model", "service_tier", "stop_reason", "usage")
 
     _COUNTS = (
         "input_tokens",
@@ -91,6 +99,7 @@ class _MessageStream:
         self.model = ""
         self.stop_reason: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.service_tier = ""
 
     def observe(self, event: Any) -> None:
         kind = getattr(event, "type", "")
@@ -114,9 +123,12 @@ class _MessageStream:
         breakdown = getattr(usage, "cache_creation", None)
         if breakdown is not None:
             self.usage["cache_creation"] = breakdown
+        # (On ``message_start``'s usage, as on a whole message's: the same value either way.)
+        self.service_tier = served_tier(usage) or self.service_tier
 
     def result(self, info: CallInfo) -> Usage | None:
         info.model = self.model or info.requested_model
+        info.service_tier = self.service_tier
         _stop(info, self.stop_reason)
         if self.usage is None:
             return None

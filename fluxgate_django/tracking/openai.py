@@ -7,10 +7,9 @@ reasoning tokens, which is FluxGate's own convention, so counts are taken as the
 from __future__ import annotations
 
 import functools
-from decimal import Decimal
 from typing import Any
 
-from ..outcomes import error_status, read_responses_outcome, set_finish
+from ..outcomes import error_status, read_responses_outcome, reported_cost, set_finish
 from ..records import CallInfo, Status, Usage
 from .stainless import SdkTypes
 
@@ -43,17 +42,6 @@ def normalise_openai_usage(usage: Any) -> Usage | None:
         cache_write_tokens=getattr(input_details, "cache_write_tokens", 0) or 0,
         reasoning_tokens=getattr(output_details, "reasoning_tokens", 0) or 0,
     )
-
-
-def _reported_cost(usage: Any) -> Decimal | None:
-    """OpenRouter (and some other OpenAI-compatible gateways) report ``usage.cost`` in USD."""
-    cost = getattr(usage, "cost", None) if usage is not None else None
-    if isinstance(cost, (int, float, str)) and not isinstance(cost, bool):
-        try:
-            return Decimal(str(cost))
-        except ArithmeticError:
-            return None
-    return None
 
 
 def _finish(info: CallInfo, reason: str | None) -> None:
@@ -89,7 +77,7 @@ class OpenAIAdapter:
         else:
             _read_choices(response, info)
         usage = getattr(response, "usage", None)
-        info.reported_cost = _reported_cost(usage)
+        info.reported_cost = reported_cost(usage)
         return normalise_openai_usage(usage)
 
     def stream_accumulator(self, operation: str) -> Any:
@@ -147,7 +135,7 @@ class _ChunkStream:
         _finish(info, self.finish_reason)
         if self.usage is None:
             _warn_no_stream_usage(info.operation)
-        info.reported_cost = _reported_cost(self.usage)
+        info.reported_cost = reported_cost(self.usage)
         return normalise_openai_usage(self.usage)
 
 
