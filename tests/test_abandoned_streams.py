@@ -79,12 +79,20 @@ _kept: list[Any] = []
 _started: list[uuid.UUID] = []
 
 
-def tracking_id(stream: Any) -> uuid.UUID:
-    """The tracking id of an SDK stream not ended yet (from its observed generator)."""
+def call_of(stream: Any) -> Any:
+    """The tracked call of an SDK stream not ended yet (from its observed generator)."""
     raw = getattr(stream, "_raw_stream", stream)  # a stream helper's raw stream
     iterator = raw._iterator
-    frame = iterator.gi_frame if hasattr(iterator, "gi_frame") else iterator.ag_frame
-    return frame.f_locals["call"].tracking_id
+    while True:  # (through the generator that hides the usage chunk FluxGate asked for)
+        frame = iterator.gi_frame if hasattr(iterator, "gi_frame") else iterator.ag_frame
+        if "call" in frame.f_locals:
+            return frame.f_locals["call"]
+        iterator = frame.f_locals["iterator"]
+
+
+def tracking_id(stream: Any) -> uuid.UUID:
+    """The tracking id of an SDK stream not ended yet."""
+    return call_of(stream).tracking_id
 
 
 def keep(stream: Any) -> Any:
@@ -325,7 +333,7 @@ def test_endings_at_once_record_the_stream_once(client, fake, submitted, monkeyp
         stream = client.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True)
         read(stream, 2)
         time.sleep(0.05)
-        call = stream._iterator.gi_frame.f_locals["call"]
+        call = call_of(stream)
         # A slow ending (reading the stream's usage), so that the others come meanwhile.
         accumulator = type(call.accumulator)
         result = accumulator.result

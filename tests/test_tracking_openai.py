@@ -204,11 +204,60 @@ def test_streamed_chat_with_usage(client, fake):
     assert Event.objects.count() == 1
 
 
-def test_stream_without_usage_is_recorded_unpriced_with_a_hint(client, fake, caplog):
+def test_a_stream_without_include_usage_is_priced_and_shows_the_caller_no_extra_chunk(
+    client, fake
+):
+    """``stream_options`` not set: FluxGate asks for usage (its only way to price a
+    stream) and keeps the usage-only chunk it adds from the caller."""
+    fake.enqueue(FakeReply(input_tokens=100, output_tokens=20, chunks=3))
+    stream = client.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True)
+    chunks = list(stream)
+    assert fake.requests[-1].body["stream_options"] == {"include_usage": True}
+    assert all(chunk.choices for chunk in chunks)  # (no usage-only chunk)
+    assert all(chunk.usage is None for chunk in chunks)
+    event = event_for(stream)
+    # gpt-4o $2.50 / $10 per MTok: 100 * 2.5e-6 + 20 * 10e-6
+    assert event.cost_usd == Decimal("0.00045") and event.cost_source == "genai-prices"
+    # The same stream asked for with include_usage: the caller gets that chunk.
+    fake.enqueue(FakeReply(input_tokens=100, output_tokens=20, chunks=3))
+    asked = client.chat.completions.create(
+        model="gpt-4o", messages=MSGS, stream=True, stream_options={"include_usage": True}
+    )
+    shown = list(asked)
+    assert len(shown) == len(chunks) + 1 and shown[-1].usage.prompt_tokens == 100
+    assert event_for(asked).cost_usd == event.cost_usd
+    # include_usage=False is the caller's choice: sent as it is.
+    fake.enqueue(FakeReply(chunks=3))
+    refused = client.chat.completions.create(
+        model="gpt-4o", messages=MSGS, stream=True, stream_options={"include_usage": False}
+    )
+    list(refused)
+    assert fake.requests[-1].body["stream_options"] == {"include_usage": False}
+    assert event_for(refused).cost_source == "usage-missing"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_async_stream_without_include_usage_is_priced_too(aclient, fake):
+    fake.enqueue(FakeReply(input_tokens=100, output_tokens=20, chunks=3))
+
+    async def scenario():
+        stream = await aclient.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True)
+        return stream, [chunk async for chunk in stream]
+
+    stream, chunks = asyncio.run(scenario())
+    assert chunks and all(chunk.choices for chunk in chunks)
+    assert event_for(stream).cost_usd == Decimal("0.00045")  # as the sync stream above
+
+
+def test_stream_usage_off_sends_the_request_as_it_is_and_records_it_unpriced(
+    openai_client, fake, caplog
+):
+    client = track_openai(openai_client, stream_usage=False)
     fake.enqueue(FakeReply(chunks=3))
     with caplog.at_level(logging.WARNING, logger="fluxgate"):
         stream = client.chat.completions.create(model="gpt-4o", messages=MSGS, stream=True)
         list(stream)
+    assert "stream_options" not in fake.requests[-1].body
     event = event_for(stream)
     assert event.cost_usd is None and event.cost_source == "usage-missing"
     assert stream.fluxgate.cost is None

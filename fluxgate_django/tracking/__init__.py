@@ -25,7 +25,11 @@ __all__ = ["is_instrumented", "track_anthropic", "track_gemini", "track_openai"]
 
 
 def track_openai(
-    client: ClientT | None = None, *, provider: str | None = None, **context: Any
+    client: ClientT | None = None,
+    *,
+    provider: str | None = None,
+    stream_usage: bool = True,
+    **context: Any,
 ) -> ClientT:
     """Track every LLM call of an ``OpenAI`` or ``AsyncOpenAI`` client (returned, same object).
 
@@ -34,13 +38,18 @@ def track_openai(
     a known gateway is named from the client's base URL (``openrouter.ai`` →
     ``"openrouter"``, as the LangChain handler names it), else ``"openai"``. Keyword
     arguments bind context fields (``feature=``, ``user=``...) to the client.
+
+    ``stream_usage`` (default True): a chat or completion stream started without
+    ``stream_options={"include_usage": True}`` is sent with it, so that it can be priced,
+    and the usage-only chunk it adds is not shown to the caller; False sends requests as
+    they are (for an OpenAI-compatible endpoint that refuses ``stream_options``).
     """
     if client is None:
         client = _client_from_settings(provider or "openai", "openai", "OpenAI")
     _check(client, "openai")
     if provider is None:
         provider = openai_compatible_provider(getattr(client, "base_url", None))
-    reader = OpenAIAdapter(provider)
+    reader = OpenAIAdapter(provider, stream_usage=stream_usage)
     return instrument(client, StainlessTransport(reader), reader, EMPTY_CONTEXT.merge(**context))
 
 

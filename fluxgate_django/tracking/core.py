@@ -179,6 +179,7 @@ class TrackedCall:
         "body",
         "ctx",
         "first_chunk_at",
+        "hidden",
         "info",
         "operation",
         "reader",
@@ -210,6 +211,8 @@ class TrackedCall:
         )
         self.accumulator: StreamAccumulator | None = None
         self.first_chunk_at: float | None = None
+        #: Stream events the transport asked for and the caller did not (not shown).
+        self.hidden: Callable[[Any], bool] | None = None
         self.record: EventRecord | None = None
         self.reservation: Reservation | None = None
         # Captured now: a stream may be read after the service's attempt scope has ended.

@@ -58,11 +58,37 @@ def _read_choices(response: Any, info: CallInfo) -> None:
             info.status = Status.CONTENT_FILTER
 
 
-class OpenAIAdapter:
-    """OpenAI, or any OpenAI-compatible endpoint (OpenRouter, vLLM...) under its own name."""
+#: The operations whose streams report usage only when asked (``stream_options``).
+_USAGE_ON_REQUEST = frozenset({"chat", "completion"})
 
-    def __init__(self, provider: str = "openai") -> None:
+
+class OpenAIAdapter:
+    """OpenAI, or any OpenAI-compatible endpoint (OpenRouter, vLLM...) under its own name.
+
+    ``stream_usage``: a chat or completion stream the caller started without
+    ``stream_options={"include_usage": True}`` is sent with it (its usage is the only way
+    to price it), and the usage-only chunk it adds is not shown to the caller."""
+
+    def __init__(self, provider: str = "openai", *, stream_usage: bool = True) -> None:
         self.provider = provider
+        self.stream_usage = stream_usage
+
+    def prepare_stream(self, operation: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The request body with ``include_usage`` added, when FluxGate must ask for it
+        (None: send the caller's body as it is)."""
+        if not self.stream_usage or operation not in _USAGE_ON_REQUEST:
+            return None
+        options = body.get("stream_options")
+        if options is None:
+            options = {}
+        elif not isinstance(options, dict) or "include_usage" in options:
+            return None  # (the caller decided, either way)
+        return {**body, "stream_options": {**options, "include_usage": True}}
+
+    @staticmethod
+    def added_event(event: Any) -> bool:
+        """The chunk ``include_usage`` adds at the end of a stream: usage, no choices."""
+        return getattr(event, "usage", None) is not None and not getattr(event, "choices", None)
 
     def operation(self, method: str, url: str) -> str | None:
         if method.lower() != "post":

@@ -81,7 +81,15 @@ class StainlessTransport:
             return None
         body = options.json_data if isinstance(options.json_data, dict) else {}
         ctx = current_context().overlay(state.bound)
-        return TrackedCall(state.reader, operation, body, ctx, streamed=bool(kwargs.get("stream")))
+        streamed = bool(kwargs.get("stream"))
+        call = TrackedCall(state.reader, operation, body, ctx, streamed=streamed)
+        prepare = getattr(state.reader, "prepare_stream", None)
+        if streamed and prepare is not None:
+            prepared = prepare(operation, body)
+            if prepared is not None:  # (this request's own options: the SDK made them)
+                options.json_data = call.body = prepared
+                call.hidden = state.reader.added_event  # type: ignore[attr-defined]
+        return call
 
     def unwrap(self, call: TrackedCall, result: Any) -> Any:
         """The response model inside ``with_raw_response`` wrappers (parsed once; the SDK
@@ -111,7 +119,7 @@ def _observe_in_place(call: TrackedCall, stream: Any) -> None:
     """Observe ``stream``'s events in place: the caller keeps the SDK's own object."""
     original_iterator = stream._iterator
     original_close = stream.close
-    stream._iterator = observe(call, original_iterator, stream)
+    stream._iterator = _without(call.hidden, observe(call, original_iterator, stream))
     if hasattr(original_iterator, "__anext__"):
 
         async def aclose() -> None:
@@ -133,6 +141,28 @@ def _observe_in_place(call: TrackedCall, stream: Any) -> None:
     # A stream dropped without being read or closed is recorded when collected (if the
     # idle timeout or the end of its request has not come first: reaper.py).
     weakref.finalize(stream, end_stream, call)
+
+
+def _without(hidden: Any, iterator: Any) -> Any:
+    """``iterator`` without the events FluxGate asked for and the caller did not
+    (``TrackedCall.hidden``: the usage chunk of an OpenAI stream)."""
+    if hidden is None:
+        return iterator
+    if hasattr(iterator, "__anext__"):
+
+        async def shown_async() -> Any:
+            async for event in iterator:
+                if not hidden(event):
+                    yield event
+
+        return shown_async()
+
+    def shown() -> Any:
+        for event in iterator:
+            if not hidden(event):
+                yield event
+
+    return shown()
 
 
 _exposed: set[type] = set()
