@@ -46,7 +46,9 @@ __all__ = [
 
 def price_record(record: EventRecord) -> EventRecord:
     """Fill the cost fields of a record whose cost is not decided yet (``cost_source``
-    empty) from the price data and ``ModelPrice`` overrides; others are returned as is."""
+    empty) from the price data and ``ModelPrice`` overrides, at the prices in force at its
+    ``created_at`` (an ingested or replayed event is priced as of its own time); others
+    are returned as is."""
     if record.cost_source:
         return record
     priced = calculate_cost(
@@ -55,6 +57,7 @@ def price_record(record: EventRecord) -> EventRecord:
         record.usage,
         requested_model=record.requested_model,
         service_tier=record.service_tier,
+        at=record.created_at,
     )
     record.cost_usd, record.cost_source = priced.usd, priced.source
     if record.cost_saved_usd is None:

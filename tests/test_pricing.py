@@ -404,19 +404,30 @@ def test_other_process_overrides_are_cached_for_price_cache_seconds(monkeypatch)
 # -- service tiers and OpenRouter ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tier", ["flex", "batch"])
-def test_flex_and_batch_tiers_halve_the_cost(openai, fake, tier):
+@pytest.mark.parametrize(
+    ("tier", "expected", "source"),
+    [
+        # genai-prices has no gpt-4o flex price: the 0.5 multiplier, on every token:
+        # $0.00725 / 2
+        ("flex", Decimal("0.003625"), "genai-prices+flex*0.5"),
+        # genai-prices has gpt-4o's own batch prices (keyed processing="batch"): $1.25 input,
+        # $5 output, and no batch cached-input rate, so cached input keeps $1.25:
+        # 800 x $1.25 + 200 x $1.25 + 500 x $5 = (1000 + 250 + 2500) / 1M
+        ("batch", Decimal("0.00375"), "genai-prices+batch"),
+    ],
+)
+def test_flex_and_batch_tiers(openai, fake, tier, expected, source):
     fake.enqueue(FakeReply(input_tokens=1000, cached_tokens=200, output_tokens=500))
 
     with tracking_context(service_tier=tier):
         resp = openai.chat.completions.create(model="gpt-4o", messages=MSGS)
 
-    assert resp.fluxgate.cost == Decimal("0.003625")  # $0.00725 / 2
-    assert tier in resp.fluxgate.cost_source
+    assert resp.fluxgate.cost == expected
+    assert resp.fluxgate.cost_source == source
     event = event_for(resp)
-    assert event.cost_usd == Decimal("0.003625")
+    assert event.cost_usd == expected
     assert event.service_tier == tier
-    assert tier in event.cost_source
+    assert event.cost_source == source
 
 
 def test_service_tier_multipliers_are_configurable():
