@@ -22,10 +22,13 @@ without waiting for the WAL flush (:data:`_NO_WAIT`); elsewhere a short transact
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
+import threading
 import uuid
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from django.db import (
     DEFAULT_DB_ALIAS,
@@ -113,6 +116,68 @@ def discard_broken_connections(exc: BaseException | None = None) -> bool:
 def _discarding(exc: BaseException) -> None:
     if isinstance(exc, DatabaseError | InterfaceError):
         discard_broken_connections(exc)
+
+
+# -- outside the caller's transaction --------------------------------------------------------
+
+T = TypeVar("T")
+
+#: How long a budget statement run for a caller in a transaction waits for a row lock
+#: (one the caller's own transaction holds would otherwise wait forever).
+LOCK_TIMEOUT_MS = 5000
+
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+_thread = threading.local()
+
+
+def outside_callers_transaction(work: Callable[[], T]) -> T:
+    """Run ``work`` (budget statements of a call: its reservation, its settlement) on a
+    connection of its own when the caller is inside a transaction on the counters'
+    database (``ATOMIC_REQUESTS``, an ``atomic()`` block), so that the counter row is not
+    locked until the caller's transaction ends — which would make every other call of
+    the team wait for it — and the caller's rollback does not undo a settlement whose
+    event is stored all the same. Elsewhere (no transaction, a test's own, SQLite with
+    its one writer) ``work`` runs here."""
+    alias = counters_alias()
+    conn = connections[alias]
+    if not conn.in_atomic_block or conn.vendor == "sqlite":
+        return work()
+    if all(getattr(block, "_from_testcase", False) for block in conn.atomic_blocks):
+        return work()  # (a test's transaction: what it made is visible only to it)
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="fluxgate-ledger"
+            )
+        executor = _executor
+    return executor.submit(_in_ledger_thread, alias, work).result()
+
+
+def _in_ledger_thread(alias: str, work: Callable[[], T]) -> T:
+    """``work`` on this thread's connection, kept as the site keeps its own
+    (``CONN_MAX_AGE``: 0, Django's default, closes it after each use)."""
+    conn = connections[alias]
+    conn.ensure_connection()
+    if conn.vendor == "postgresql" and getattr(_thread, "connection", None) is not conn.connection:
+        with conn.cursor() as cursor:
+            cursor.execute("SET lock_timeout = %s", [f"{LOCK_TIMEOUT_MS}ms"])
+        _thread.connection = conn.connection
+    try:
+        return work()
+    finally:
+        conn.close_if_unusable_or_obsolete()
+
+
+def _after_fork_in_child() -> None:
+    global _executor, _executor_lock
+    _executor = None
+    _executor_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- reserve -------------------------------------------------------------------------------

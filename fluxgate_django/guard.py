@@ -76,7 +76,8 @@ class Reservation:
         if not self.released:
             self.released = True
             charge = to_units(cost) if cost is not None else 0
-            counters.settle_counters({c: (self.estimate_units, charge) for c in self.counters})
+            changes = {c: (self.estimate_units, charge) for c in self.counters}
+            counters.outside_callers_transaction(lambda: counters.settle_counters(changes))
 
     def release(self) -> None:
         """The call failed and was not billed: free the reservation."""
@@ -323,8 +324,12 @@ def _reserve(
     estimate = estimate_cost(provider, model, input_tokens, output_tokens)
     bound = to_units(estimate) if estimate is not None else 0
     units = math.ceil(bound * calibration.scale(provider, model))
-    ids = ledger.counter_ids(budgets)
-    taken, units = counters.reserve(ids, units, bound)  # (maybe scaled up: bound_scale)
+
+    def reserve() -> tuple[list[int], set[int], int]:
+        ids = ledger.counter_ids(budgets)
+        return ids, *counters.reserve(ids, units, bound)  # (maybe scaled up: bound_scale)
+
+    ids, taken, units = counters.outside_callers_transaction(reserve)
     return budgets, ids, (units, bound), taken
 
 
@@ -429,7 +434,8 @@ def _reject(
     scope = f"team {team!r}{' feature ' + repr(budget.feature) if budget.feature else ''}"
     try:
         if reserved:
-            counters.settle_counters({c: (units, 0) for c in reserved})
+            freed = {c: (units, 0) for c in reserved}
+            counters.outside_callers_transaction(lambda: counters.settle_counters(freed))
         counter = SpendCounter.objects.select_related("budget").get(id=counter_id)
     except Exception as exc:
         _log_once(exc, "refusing a call over its budget", internal=True, decision="refused")
