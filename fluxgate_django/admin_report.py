@@ -3,7 +3,9 @@
 ``?by=feature|team|model|provider|user|day``, a date range (``range=today|7d|30d|month``
 or ``start=`` / ``end=`` ISO dates, both included; default the last 30 days), filters
 (``team`` slugs, ``feature``, ``provider``, ``model``; repeat a parameter or separate
-values with commas), ``compare=a,b`` for features side by side, and ``format=csv``.
+values with commas), ``compare=a,b`` for features side by side (two or more: one alone is
+a 400 with the form's error), and ``format=csv`` (the comparison when ``compare`` is
+given, else the breakdown: what the page shows).
 
 It is the "Cost report" entry of the FluxGate app on the admin index (a proxy model's
 changelist). Who sees what (:func:`~fluxgate_django.reports.visible_teams`): the admin
@@ -45,6 +47,8 @@ class ReportRequest:
     compare: list[str] = dataclasses.field(default_factory=list)
     csv: bool = False
     errors: list[str] = dataclasses.field(default_factory=list)
+    #: What is wrong with ``compare`` (the request is then answered with a 400).
+    compare_error: str = ""
 
     @classmethod
     def from_query(cls, query: QueryDict, today: dt.date | None = None) -> ReportRequest:
@@ -61,6 +65,11 @@ class ReportRequest:
             if values:
                 req.filters[name] = values
         req.compare = _list(query, "compare")
+        if 0 < len(req.compare) < queries.MIN_COMPARED:
+            req.compare_error = (
+                f"Choose at least {queries.MIN_COMPARED} features to compare "
+                f"(only “{req.compare[0]}” was given)."
+            )
 
         start, end = _date(query, "start", req.errors), _date(query, "end", req.errors)
         if start or end:
@@ -142,6 +151,7 @@ def _display(row: queries.BreakdownRow, url: str | None = None) -> dict[str, Any
         "row": row,
         "url": url,
         "cost": export.cost_text(row),
+        "cost_plain": "" if row.cost_usd is None else queries.plain_decimal(row.cost_usd),
         "unpriced_only": row.cost_usd is None,
         "cost_per_request": export.usd(row.cost_per_request_usd),
         "share": export.percent(row.share_of_cost),
@@ -197,17 +207,35 @@ class CostReportAdmin(admin.ModelAdmin):
             raise PermissionDenied("You are not an admin of any team.")
         req = ReportRequest.from_query(request.GET)
         assert req.start is not None and req.end is not None
-        report = queries.breakdown(req.by, req.start, req.end, teams=teams, filters=req.filters)
         if req.csv:
-            response = HttpResponse(export.to_csv(report), content_type="text/csv; charset=utf-8")
-            filename = f"fluxgate-cost-by-{req.by}-{req.start}-{req.end}.csv"
-            response["Content-Disposition"] = f'attachment; filename="{filename}"'
-            return response
+            return self._csv(req, teams)
+        report = queries.breakdown(req.by, req.start, req.end, teams=teams, filters=req.filters)
         return TemplateResponse(
             request,
             "admin/fluxgate_django/report.html",
             {**self.admin_site.each_context(request), **self._context(request, req, report)},
+            status=400 if req.compare_error else 200,
         )
+
+    def _csv(self, req: ReportRequest, teams: list[int] | None) -> HttpResponse:
+        """The CSV of what the page shows: the comparison when features are compared,
+        else the breakdown."""
+        assert req.start is not None and req.end is not None
+        if req.compare_error:
+            return HttpResponse(
+                req.compare_error, status=400, content_type="text/plain; charset=utf-8"
+            )
+        if req.compare:
+            report = queries.compare(
+                req.compare, req.start, req.end, teams=teams, filters=req.filters
+            )
+            filename = f"fluxgate-compare-features-{req.start}-{req.end}.csv"
+        else:
+            report = queries.breakdown(req.by, req.start, req.end, teams=teams, filters=req.filters)
+            filename = f"fluxgate-cost-by-{req.by}-{req.start}-{req.end}.csv"
+        response = HttpResponse(export.to_csv(report), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
 
     def _context(
         self, request: HttpRequest, req: ReportRequest, report: queries.Breakdown
@@ -218,7 +246,7 @@ class CostReportAdmin(admin.ModelAdmin):
         series = queries.timeseries(req.by, req.start, req.end, teams=teams, filters=req.filters)
         comparison: list[queries.BreakdownRow] = (
             queries.compare(req.compare, req.start, req.end, teams=teams, filters=req.filters).rows
-            if req.compare
+            if req.compare and not req.compare_error
             else []
         )
         choices = queries.filter_choices(teams, req.start, req.end)
@@ -251,7 +279,13 @@ class CostReportAdmin(admin.ModelAdmin):
             ],
             "comparison": [_display(r) for r in comparison],
             "budgets": [
-                {"state": b, "width": min(float(b.percent_used), 100.0)}
+                {
+                    "state": b,
+                    "width": min(float(b.percent_used), 100.0),
+                    "spent": export.usd(b.spent_usd),
+                    "reserved": export.usd(b.reserved_usd),
+                    "limit": export.usd(b.limit_usd),
+                }
                 for b in queries.budget_state(teams)
             ],
             "scope": (
@@ -264,7 +298,9 @@ class CostReportAdmin(admin.ModelAdmin):
                 (label, _url(query, range=name, start=None, end=None), name == req.preset)
                 for name, label in queries.PRESETS.items()
             ],
-            "csv_url": _url(query, format="csv"),
+            # The breakdown's CSV (the comparison has its own link).
+            "csv_url": _url(query, format="csv", compare=None),
+            "compare_csv_url": _url(query, format="csv") if comparison else None,
             "clear_filters_url": _url(
                 query, team=None, feature=None, provider=None, model=None, compare=None
             ),

@@ -13,7 +13,16 @@
 * ``fluxgate.E010`` SERVICE_CACHE_SCOPE is neither ``"team"`` nor ``"site"``
 * ``fluxgate.E011`` FluxGate's models are routed to more than one database for writing
   (:mod:`.checks_databases`)
+* ``fluxgate.E012`` an unknown key inside PROVIDERS.<name>, CIRCUIT_BREAKER,
+  RESPONSE_CACHE, RUNAWAY_DETECTION or a route (:mod:`.checks_settings`, as E013-E015,
+  W004 and W005)
+* ``fluxgate.E013`` a non-boolean where True/False is meant (``BUDGET_FAIL_OPEN: "false"``)
+* ``fluxgate.E014`` RETENTION_DAYS is negative or not a whole number
+* ``fluxgate.E015`` UNKNOWN_TEAM is not ``"warn"``, ``"error"`` or ``"ignore"``
 * ``fluxgate.W001`` an unknown FLUXGATE key (probably a typo)
+* ``fluxgate.W002``, ``fluxgate.W003`` Celery worker settings (:mod:`.checks_celery`)
+* ``fluxgate.W004`` a model genai-prices has no price for (with the nearest names)
+* ``fluxgate.W005`` a PROVIDERS name close to a built-in one, with no base_url
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from django.core.checks import Error, Tags, Warning, register
 from . import (
     checks_celery,  # noqa: F401  (registers the Celery worker settings checks)
     checks_databases,  # noqa: F401  (registers the database routing check, E011)
+    checks_settings,  # noqa: F401  (registers the typo checks, E012-E015, W004-W005)
     checks_spool,  # noqa: F401  (registers the spool directory check, E009)
 )
 from .conf import DEFAULTS, RECORDER_ALIASES, fluxgate_settings

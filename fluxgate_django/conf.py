@@ -102,6 +102,23 @@ DEFAULTS: dict[str, Any] = {
     # Budget alert e-mails: sender (None: DEFAULT_FROM_EMAIL) and webhook timeout.
     "ALERT_FROM_EMAIL": None,
     "ALERT_WEBHOOK_TIMEOUT": 5,
+    # Budget webhooks (fluxgate_django/webhooks.py): https only unless this is True ...
+    "WEBHOOK_ALLOW_HTTP": False,
+    # ... and only to public addresses, except these hosts: names ("hooks.internal", or
+    # ".internal" for every name under it), addresses or CIDR networks ("10.1.0.0/16").
+    "WEBHOOK_ALLOWED_HOSTS": [],
+    # The key webhook bodies are signed with (X-FluxGate-Signature). None: derived from
+    # SECRET_KEY (see webhooks.site_secret()).
+    "WEBHOOK_SECRET": None,
+    # Failed API-key authentications allowed per client address, then 429 with
+    # Retry-After until the window ends ("N/s", "N/min", "N/hour", "N/day"; None: off).
+    "AUTH_FAILURE_RATE": "20/min",
+    # A call whose context names a team slug no Team has is recorded without a team.
+    # "warn": log a warning (logger "fluxgate") once per slug and process; "ignore": say
+    # nothing; "error": refuse the call with fluxgate_django.teams.UnknownTeam (a
+    # CallRefused) before anything is sent. "error" is for test suites: never in
+    # production, where a typo must not break the site's LLM calls.
+    "UNKNOWN_TEAM": "warn",
     # Re-raise FluxGate's own internal errors instead of logging them. Never turn this
     # on in production: it exists so the test suite sees bookkeeping bugs.
     "RAISE_ERRORS": False,

@@ -10,10 +10,19 @@ call needs it, by this rule: the team named by the ``X-FluxGate-Team`` header if
 is a member of it; else the membership the user marked as default
 (``TeamMembership.is_default``); else the user's only team if they have exactly one;
 else none.
+
+A slug no team has is recorded as "no team". ``FLUXGATE["UNKNOWN_TEAM"]`` says what else
+happens: ``"warn"`` (the default) logs a warning on the ``fluxgate`` logger once per slug
+and process, naming the slug and how to create the team; ``"ignore"`` says nothing;
+``"error"`` (for test suites) makes :func:`team_id_of` — what the budget check and the
+service ask on the caller's path — raise :class:`UnknownTeam`, so the tracked call is
+refused before anything is sent. The recorder's writer never raises for it: an event
+already made is stored, without a team.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -22,6 +31,11 @@ from typing import Any
 
 from .conf import fluxgate_settings, on_reload
 from .context import Deferred
+from .exceptions import CallRefused
+
+logger = logging.getLogger("fluxgate")
+
+UNKNOWN_TEAM_MODES = ("warn", "error", "ignore")
 
 # The characters of a SlugField (validate_slug), bounded by Team.slug's max_length.
 _VALID_SLUG = re.compile(r"[-a-zA-Z0-9_]{1,100}")
@@ -70,6 +84,73 @@ def forget() -> None:
 on_reload(forget)
 
 
+class UnknownTeam(CallRefused):
+    """A call named a team slug that no ``Team`` has, and ``FLUXGATE["UNKNOWN_TEAM"]``
+    is ``"error"`` (test suites): the call was refused before anything was sent."""
+
+    def __init__(self, slug: str) -> None:
+        super().__init__(
+            f"No FluxGate team has the slug {slug!r}: create it (admin: FluxGate > Teams > "
+            f"Add, or Team.objects.create(name=..., slug={slug!r})) or fix the slug. "
+            "(Raised because FLUXGATE['UNKNOWN_TEAM'] is 'error'; the default, 'warn', "
+            "records such calls without a team and logs a warning.)",
+            team=slug,
+        )
+        self.slug = slug
+
+
+def unknown_team_mode() -> str:
+    """``FLUXGATE["UNKNOWN_TEAM"]``: ``"warn"``, ``"error"`` or ``"ignore"`` (anything
+    else counts as ``"warn"``; ``manage.py check`` reports it)."""
+    try:
+        mode = fluxgate_settings.UNKNOWN_TEAM
+    except Exception:  # unreadable settings: the default
+        return "warn"
+    return mode if mode in UNKNOWN_TEAM_MODES else "warn"
+
+
+class _Warned:
+    """The unknown slugs already logged in this process (at most ``limit``: slugs can
+    come from API clients, so past it no more are logged rather than memory grown)."""
+
+    limit = 1000
+
+    def __init__(self) -> None:
+        self._slugs: set[str] = set()
+        self._lock = threading.Lock()
+
+    def first_time(self, slug: str) -> bool:
+        with self._lock:
+            if slug in self._slugs or len(self._slugs) >= self.limit:
+                return False
+            self._slugs.add(slug)
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._slugs.clear()
+
+
+_warned = _Warned()
+_MAX_LOGGED = 200  # characters of a slug put in a log line (it may come from a client)
+on_reload(_warned.clear)  # (not on team saves: "once per slug" survives a team edit)
+
+
+def _unknown(slug: str) -> None:
+    """A lookup found no team with this slug: log it, once per slug, unless ignored."""
+    if unknown_team_mode() == "ignore" or not _warned.first_time(slug):
+        return
+    logger.warning(
+        "FluxGate: no team has the slug %r, so its LLM calls are recorded without a "
+        "team (and no team budget applies). Create the team (admin: FluxGate > Teams > "
+        "Add, or Team.objects.create(name=..., slug=%r)) or fix the slug passed as "
+        "team=. Logged once per slug and process; FLUXGATE['UNKNOWN_TEAM'] = 'error' "
+        "refuses such calls (for tests), 'ignore' silences this.",
+        slug[:_MAX_LOGGED],
+        slug[:_MAX_LOGGED],
+    )
+
+
 def team_ids(slugs: Iterable[str]) -> dict[str, int | None]:
     """``{slug: team id or None}`` for these slugs: one query for those not cached."""
     out: dict[str, int | None] = {}
@@ -87,18 +168,28 @@ def team_ids(slugs: Iterable[str]) -> dict[str, int | None]:
         for slug in missing:
             out[slug] = found.get(slug)
             _slugs.set(slug, out[slug])
+            if out[slug] is None and slug:
+                _unknown(slug)
     return out
 
 
 def team_id_of(team: Any) -> int | None:
-    """The id of a context ``team`` value (Team, id, slug or RequestTeam); None if unknown."""
+    """The id of a context ``team`` value (Team, id, slug or RequestTeam); None if unknown.
+
+    A slug no team has raises :class:`UnknownTeam` when ``FLUXGATE["UNKNOWN_TEAM"]`` is
+    ``"error"`` (a RequestTeam's slug comes from a membership: it always exists)."""
+    requested = team
     team = team.resolve() if isinstance(team, Deferred) else team
     if team is None:
         return None
     if isinstance(team, int):
         return team
     if isinstance(team, str):
-        return team_ids([team])[team]
+        team_id = team_ids([team])[team]
+        unknown = team_id is None and team and not isinstance(requested, Deferred)
+        if unknown and unknown_team_mode() == "error":
+            raise UnknownTeam(team)
+        return team_id
     return getattr(team, "pk", None)
 
 
@@ -116,7 +207,10 @@ def cached_team_id(team: Any) -> tuple[bool, int | None]:
         if slug is None:
             return True, None
     if isinstance(team, str):
-        return _slugs.get(team)
+        known, team_id = _slugs.get(team)
+        if known and team_id is None and team and unknown_team_mode() == "error":
+            return False, None  # not known to be harmless: the check (team_id_of) refuses it
+        return known, team_id
     return True, getattr(team, "pk", None)
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         DIMENSIONS,
         EXPORT_COLUMNS,
         FILTERS,
+        MIN_COMPARED,
         PRESETS,
         Breakdown,
         BreakdownRow,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         resolve_filters,
         site_today,
         timeseries,
+        user_labels,
         visible_teams,
     )
 
@@ -41,6 +43,7 @@ __all__ = [
     "DIMENSIONS",
     "EXPORT_COLUMNS",
     "FILTERS",
+    "MIN_COMPARED",
     "PRESETS",
     "Breakdown",
     "BreakdownRow",
@@ -56,6 +59,7 @@ __all__ = [
     "resolve_filters",
     "site_today",
     "timeseries",
+    "user_labels",
     "visible_teams",
 ]
 

@@ -15,16 +15,30 @@ from .results import EXPORT_COLUMNS, Breakdown, BreakdownRow
 # -- display formats -----------------------------------------------------------------------
 
 
+#: Money is stored to 1e-10 USD: no amount needs more decimals than this.
+MAX_DECIMALS = 10
+
+
 def usd(amount: Decimal | None) -> str:
-    """``$1,234.57``, ``$0.0123``, ``$0.000045``: more decimals for smaller amounts."""
+    """``$1,234.57``, ``$0.0123``, ``$0.000045``, ``$0.000000535``: more decimals for
+    smaller amounts (three significant digits below a millionth), always in fixed notation —
+    never ``$5.35E-7``."""
     if amount is None:
         return "-"
+    if not isinstance(amount, Decimal):
+        amount = Decimal(str(amount))
     size = abs(amount)
+    if not size:
+        return "$0"
     if size >= 1:
         return f"${amount:,.2f}"
-    if size >= Decimal("0.01") or not size:
-        return f"${amount:.4f}" if size else "$0"
-    return f"${amount:.6f}" if size >= Decimal("0.000001") else f"${amount:.2E}"
+    if size >= Decimal("0.01"):
+        return f"${amount:.4f}"
+    # Six decimals down to a millionth (0.001200, 0.000045), then three significant
+    # digits (5.35E-7 → 0.000000535), at most ten.
+    decimals = 6 if size >= Decimal("0.000001") else min(2 - size.adjusted(), MAX_DECIMALS)
+    text = f"{amount:.{decimals}f}"
+    return "$0" if not Decimal(text) else f"${text}"
 
 
 def cost_text(row: BreakdownRow) -> str:

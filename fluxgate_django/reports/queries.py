@@ -54,6 +54,7 @@ __all__ = [
     "DIMENSIONS",
     "EXPORT_COLUMNS",
     "FILTERS",
+    "MIN_COMPARED",
     "PRESETS",
     "Breakdown",
     "BreakdownRow",
@@ -70,6 +71,7 @@ __all__ = [
     "resolve_filters",
     "site_today",
     "timeseries",
+    "user_labels",
     "visible_teams",
 ]
 
@@ -91,6 +93,8 @@ PRESETS: dict[str, str] = {
     "month": "This month",
 }
 DEFAULT_PRESET = "30d"
+#: The fewest features a comparison takes.
+MIN_COMPARED = 2
 
 _EMPTY_LABELS = {
     "feature": "(no feature)",
@@ -222,7 +226,61 @@ def _labels(by: str, keys: Iterable[Any]) -> dict[Any, tuple[str, str]]:
             else:
                 out[k] = (team.slug, team.name)
         return out
+    if by == "user":
+        names = user_labels(keys)
+        return {k: (k, names.get(k) or k or _EMPTY_LABELS["user"]) for k in keys}
     return {k: (k, k or _EMPTY_LABELS[by]) for k in keys}
+
+
+def user_labels(end_user_ids: Iterable[str]) -> dict[str, str]:
+    """``{end_user_id: label}`` for the ids that are the site's own users: their
+    username (``get_username()``, the ``USERNAME_FIELD``), with the e-mail address in
+    brackets when the user model has one and it says something more. One query for all
+    of them, whatever their number.
+
+    An event of a Django user has ``end_user_id == str(user.pk)``; an id counts as a
+    user's only if that user has events carrying it, so an API client's own end-user
+    id ``"7"`` is not shown as the site's user 7. Other ids are left out (their label
+    is the id itself)."""
+    from django.contrib.auth import get_user_model
+    from django.core.exceptions import FieldDoesNotExist, ValidationError
+    from django.db.models import Exists, OuterRef
+
+    from ..models import Event
+
+    user_model = get_user_model()
+    pks: dict[Any, str] = {}
+    for key in end_user_ids:
+        if not key:
+            continue
+        try:
+            pks[user_model._meta.pk.to_python(key)] = key
+        except (ValidationError, TypeError, ValueError):
+            continue
+    if not pks:
+        return {}
+    username_field = user_model.USERNAME_FIELD
+    email_field = getattr(user_model, "get_email_field_name", lambda: "email")()
+    try:
+        user_model._meta.get_field(email_field)
+    except FieldDoesNotExist:
+        email_field = ""
+    fields = ["pk", username_field, *([email_field] if email_field != username_field else [])]
+    own_events = Event.objects.filter(user_id=OuterRef("pk"), end_user_id__in=list(pks.values()))
+    users = (
+        user_model._default_manager.filter(pk__in=list(pks))
+        .filter(Exists(own_events))
+        .only(*[f for f in fields if f and f != "pk"])
+    )
+    labels: dict[str, str] = {}
+    for user in users:
+        end_user_id = pks.get(user.pk)
+        if end_user_id is None:
+            continue
+        name = str(user.get_username() or "") or end_user_id
+        email = str(getattr(user, email_field, "") or "") if email_field else ""
+        labels[end_user_id] = f"{name} ({email})" if email and email != name else name
+    return labels
 
 
 def breakdown(
@@ -273,8 +331,16 @@ def compare(
 ) -> Breakdown:
     """``features`` side by side (an A/B test): a by-feature breakdown restricted to them,
     with rows in the order given (a feature without calls gets an empty row) and shares
-    of the compared features' total."""
+    of the compared features' total.
+
+    Raises ``ValueError`` for fewer than two different features: a comparison of one is
+    its breakdown row."""
     features = list(dict.fromkeys(features))
+    if len(features) < MIN_COMPARED:
+        raise ValueError(
+            f"Compare at least {MIN_COMPARED} different features (got "
+            f"{', '.join(map(repr, features)) or 'none'})."
+        )
     report = breakdown(
         "feature", start, end, teams=teams, filters={**(filters or {}), "feature": features}
     )
