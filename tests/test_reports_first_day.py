@@ -375,3 +375,11 @@ def test_the_budget_table_fits_a_1400_px_window(live_server, tmp_path, django_us
             # Wider than its box only inside a scrolling container that fits the box.
             assert table["shownRight"] <= box["right"], layout
             assert table["right"] <= box["right"] or table["scrolls"], layout
+
+
+@pytest.mark.django_db
+def test_the_report_command_refuses_a_one_feature_compare_with_a_clear_error():
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="at least 2"):
+        call_command("fluxgate_report", "--compare", "only-one")

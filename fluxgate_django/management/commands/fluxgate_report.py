@@ -74,7 +74,12 @@ class Command(BaseCommand):
             raise CommandError(f"No team with slug {', '.join(sorted(unknown))}")
         fmt = options["format"]
         if options["compare"]:
-            report = queries.compare(_values([options["compare"]]), start, end, filters=filters)
+            try:
+                report = queries.compare(
+                    _values([options["compare"]]), start, end, filters=filters
+                )
+            except ValueError as exc:  # (fewer than two features)
+                raise CommandError(str(exc)) from exc
         else:
             report = queries.breakdown(options["by"], start, end, filters=filters)
         if fmt == "csv":
