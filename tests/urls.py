@@ -14,6 +14,9 @@ urlpatterns = [
     path("ctx/achat/", views.achat, name="achat"),
     path("ctx/stream/", views.stream, name="stream"),
     path("ctx/astream/", views.astream, name="astream"),
+    # LLMService in async views, one event loop per request (tests/test_service_loops.py)
+    path("svc/acomplete/", views.service_acomplete, name="svc_acomplete"),
+    path("svc/astream/", views.service_astream, name="svc_astream"),
     # Celery context propagation (tests/test_celery.py)
     path("celery/enqueue/", views.enqueue_llm_task, name="enqueue_llm_task"),
 ]

@@ -110,6 +110,22 @@ async def astream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(body(), content_type="application/x-ndjson")
 
 
+async def service_acomplete(request: HttpRequest) -> JsonResponse:
+    """``LLMService.acomplete`` in an async view (tests/test_service_loops.py)."""
+    from fluxgate_django import LLMService
+
+    answer = await LLMService().acomplete(MESSAGES, model="fast")
+    return JsonResponse({"content": answer.content, "tracking_id": str(answer.tracking_id)})
+
+
+async def service_astream(request: HttpRequest) -> JsonResponse:
+    """``LLMService.astream`` in an async view (tests/test_service_loops.py)."""
+    from fluxgate_django import LLMService
+
+    text = "".join([t async for t in LLMService().astream(MESSAGES, model="claude-sonnet")])
+    return JsonResponse({"content": text})
+
+
 def enqueue_llm_task(request: HttpRequest) -> JsonResponse:
     """Enqueue ``tests.ask_llm`` (tests/celery_tasks.py): the task inherits this request's
     tracking context (tests/test_celery.py)."""

@@ -7,7 +7,9 @@ read off the tracked client's ``response.fluxgate`` (a ``TrackingResult``), neve
 re-read from the response. The orchestration (:class:`~.run._Run`) is written once;
 ``complete`` and ``acomplete`` only differ in how they wait for the provider, and
 ``acomplete`` runs the run's bookkeeping (response cache, breaker and routing state, all
-behind Django's cache) off the event loop.
+behind Django's cache) off the event loop. Its provider calls go through async clients of
+the running loop (see :mod:`.providers`): a service is usable from any number of loops, one
+after another (``asyncio.run``, async views under WSGI) or at once (threads).
 
 A model whose circuit is open is never called, not even the route's last one: with every
 circuit open the call raises :class:`AllProvidersFailed` at once, without a network call.
@@ -15,6 +17,7 @@ circuit open the call raises :class:`AllProvidersFailed` at once, without a netw
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -111,10 +114,11 @@ class LLMService:
 
     async def acomplete(self, messages: Any, **options: Any) -> Completion:
         """The async ``complete``."""
+        loop = asyncio.get_running_loop()  # the attempts use this loop's own clients
         run = await off_loop(self._run, messages, **options)
         if (hit := await off_loop(run.cached)) is not None:
             return hit
-        while (step := await off_loop(run.next_step, True)) is not None:
+        while (step := await off_loop(run.next_step, loop)) is not None:
             async with step:
                 step.response = await step.method(**step.kwargs)
             if step.error is None:
@@ -145,8 +149,9 @@ class LLMService:
 
     async def astream(self, messages: Any, **options: Any) -> AsyncIterator[str]:
         """The async ``stream``."""
+        loop = asyncio.get_running_loop()
         run = await off_loop(self._run, messages, cache_ttl=0, **options)
-        while (step := await off_loop(run.next_step, True)) is not None:
+        while (step := await off_loop(run.next_step, loop)) is not None:
             async with step:
                 chunks = open_astream(step)
                 first = await anext(chunks, None)

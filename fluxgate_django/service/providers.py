@@ -1,7 +1,16 @@
-"""Provider clients for the LLM service: created once per process from
-``FLUXGATE["PROVIDERS"]``, tracked, with the SDK's own retries off (FluxGate owns retry
-policy). Each provider kind knows how to send a :class:`ServiceRequest` and read the
-answer's text; usage, cost and the event come from the tracked client, as for any SDK call.
+"""Provider clients for the LLM service, made from ``FLUXGATE["PROVIDERS"]``, tracked, with
+the SDK's own retries off (FluxGate owns retry policy). Each provider kind knows how to send
+a :class:`ServiceRequest` and read the answer's text; usage, cost and the event come from the
+tracked client, as for any SDK call.
+
+A sync client is made once per process and shared by every thread. An async client belongs
+to one event loop: its connection pool (``httpx.AsyncClient``) holds connections opened on
+the loop that used it first, and reused on another loop it fails with ``RuntimeError: Event
+loop is closed`` (as under ``runserver``/WSGI, where every async view runs on a loop of its
+own, or a second ``asyncio.run``). So async clients are kept per loop (keyed weakly by the
+loop), shared by that loop's calls, and closed as the loop shuts down
+(``loop.shutdown_asyncgens()``, which ``asyncio.run`` and asgiref's ``async_to_sync`` call);
+a loop closed without that is forgotten, its clients dropped, when the next loop asks.
 
 ``PROVIDERS`` entries: ``openai``, ``anthropic`` and ``gemini`` are their own kind; any
 other name is an OpenAI-compatible endpoint (OpenRouter, vLLM, ...) unless it says
@@ -10,12 +19,21 @@ other name is an OpenAI-compatible endpoint (OpenRouter, vLLM, ...) unless it sa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
+import ssl
+import sys
 import threading
+import weakref
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from ..conf import fluxgate_settings, on_reload
 from .types import ServiceRequest
+
+logger = logging.getLogger("fluxgate.service")
 
 ENV_KEYS = {
     "openai": "OPENAI_API_KEY",
@@ -33,25 +51,176 @@ def provider_kind(name: str) -> str:
     return options.get("type") or (name if name in ("openai", "anthropic", "gemini") else "openai")
 
 
-class ProviderClients:
-    """Tracked SDK clients, one sync and one async per provider, made on first use."""
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _LoopClients:
+    """The async clients of one event loop, closed when it shuts down."""
+
+    __slots__ = ("clients", "closed", "closer", "retired", "watched")
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[str, bool], Any] = {}
+        self.clients: dict[str, Any] = {}
+        #: Clients no longer handed out (the settings changed), still closed with the loop.
+        self.retired: list[tuple[str, Any]] = []
+        #: The async generator whose finalisation (at ``shutdown_asyncgens``) closes them.
+        self.closer: AsyncGenerator[None, None] | None = None
+        self.watched = False
+        self.closed = False
+
+    def drain(self) -> list[tuple[str, Any]]:
+        doomed = [*self.clients.items(), *self.retired]
+        self.clients.clear()
+        self.retired.clear()
+        return doomed
+
+
+class ProviderClients:
+    """Tracked SDK clients made on first use: one sync client per provider for the process,
+    and one async client per provider for each event loop (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, Any] = {}
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
-    def get(self, name: str, *, asynchronous: bool = False) -> Any:
-        key = (name, asynchronous)
-        client = self._clients.get(key)
-        if client is None:
-            with self._lock:
-                client = self._clients.get(key)
-                if client is None:
-                    client = self._clients[key] = _make_client(name, asynchronous)
+    def get(
+        self,
+        name: str,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        asynchronous: bool = False,
+    ) -> Any:
+        """The sync client of provider ``name``; with ``loop`` (or ``asynchronous=True`` on a
+        running loop), the async client of that loop. Callable from any thread (the service
+        asks from a worker thread, off the loop)."""
+        if loop is None and asynchronous:
+            loop = _running_loop()
+            if loop is None:
+                raise RuntimeError("An async provider client needs an event loop: pass loop=")
+        if loop is None:
+            client = self._clients.get(name)
+            if client is None:
+                with self._lock:
+                    client = self._clients.get(name)
+                    if client is None:
+                        client = self._clients[name] = _make_client(name, False)
+            return client
+        if loop.is_closed():
+            raise RuntimeError("Event loop is closed")
+        with self._lock:
+            stale = self._forget_closed_loops()
+            holder = self._async.get(loop)
+            if holder is None:
+                holder = self._async[loop] = _LoopClients()
+            client = holder.clients.get(name)
+            if client is None:
+                client = holder.clients[name] = _make_client(name, True)
+            watch = not holder.watched
+            holder.watched = True
+        _finish_closers(stale)
+        if watch:
+            if _running_loop() is loop:
+                self._watch(loop, holder)
+            else:  # from a worker thread: before the loop resumes its caller
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(self._watch, loop, holder)
         return client
 
     def clear(self) -> None:
-        self._clients.clear()
+        """Forget every client (the settings changed). Async clients of running loops are
+        no longer handed out, and are still closed as their loops shut down."""
+        with self._lock:
+            self._clients.clear()
+            stale = self._forget_closed_loops()
+            for holder in self._async.values():
+                holder.retired += holder.clients.items()
+                holder.clients.clear()
+        _finish_closers(stale)
+
+    # -- closing with the loop ---------------------------------------------------------
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, holder: _LoopClients) -> None:
+        """On ``loop``'s thread: start an async generator that ``loop`` finalises at
+        ``shutdown_asyncgens()``, closing the loop's clients then (on the loop, so that
+        their connections close cleanly)."""
+        if holder.closer is not None or holder.closed or loop.is_closed():
+            return
+        closer = self._close_at_shutdown(loop, holder)
+        # Its first step registers it with the running loop (the loop's asyncgen hooks)
+        # and reaches its ``yield`` without awaiting anything.
+        with contextlib.suppress(StopIteration):
+            closer.asend(None).send(None)
+        holder.closer = closer  # the loop keeps it weakly: kept alive here
+
+    async def _close_at_shutdown(
+        self, loop: asyncio.AbstractEventLoop, holder: _LoopClients
+    ) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._async.get(loop) is holder:
+                    del self._async[loop]
+                doomed = [] if holder.closed else holder.drain()
+                holder.closed = True
+            for name, client in doomed:
+                try:
+                    await _aclose(name, client)
+                except Exception:  # a client that can't close cleanly is dropped anyway
+                    logger.debug("Closing the %s client failed", name, exc_info=True)
+
+    def _forget_closed_loops(self) -> list[AsyncGenerator[None, None]]:
+        """Under the lock: drop the clients of loops closed without shutting down their
+        async generators (their connections can't be closed on a closed loop; dropping
+        them frees their sockets). Returns their closers, for :func:`_finish_closers`."""
+        closers = []
+        for loop in [loop for loop in self._async if loop.is_closed()]:
+            holder = self._async.pop(loop)
+            holder.closed = True
+            for _, client in holder.drain():
+                _mark_closed(client)
+            if holder.closer is not None:
+                closers.append(holder.closer)
+                holder.closer = None
+        return closers
+
+
+def _finish_closers(closers: list[AsyncGenerator[None, None]]) -> None:
+    """Run the closers of closed loops to their end (their holder is marked closed: they
+    await nothing), so that no finaliser later schedules them on a closed loop."""
+    for closer in closers:
+        with contextlib.suppress(BaseException):
+            closer.aclose().send(None)
+
+
+async def _aclose(name: str, client: Any) -> None:
+    """Close an async client (google-genai's ``Client``: its ``.aio`` pool and its sync
+    one; the service calls it through ``.aio``)."""
+    if type(client).__module__.startswith("google."):
+        aio = vars(client).get("_aio")
+        if aio is not None and hasattr(aio, "aclose"):
+            await aio.aclose()
+        if hasattr(client, "close"):
+            client.close()
+        return
+    await client.close()
+
+
+def _mark_closed(client: Any) -> None:
+    """Mark the httpx pool of a client dropped with its closed loop as closed, so that the
+    SDK's ``__del__`` does not schedule its close on whichever loop is running then."""
+    http: Any = getattr(client, "_client", None)
+    state = getattr(http, "_state", None)
+    if state is not None:
+        with contextlib.suppress(Exception):
+            http._state = type(state).CLOSED
 
 
 clients = ProviderClients()
@@ -83,12 +252,17 @@ def _make_client(name: str, asynchronous: bool) -> Any:
         import importlib
 
         package, sync_class, async_class = _STAINLESS_SDKS[kind]
-        cls = getattr(importlib.import_module(package), async_class if asynchronous else sync_class)
+        sdk = importlib.import_module(package)
+        cls = getattr(sdk, async_class if asynchronous else sync_class)
+        extra: dict[str, Any] = {}
+        if asynchronous and (http_client := _async_http_client(sdk)) is not None:
+            extra["http_client"] = http_client
         client = cls(
             api_key=options.get("api_key") or "missing-key",
             base_url=options.get("base_url"),
             timeout=options.get("timeout", 30),
             max_retries=0,
+            **extra,
         )
         return track_openai(client, provider=name) if kind == "openai" else track_anthropic(client)
     if kind == "gemini":
@@ -113,6 +287,51 @@ def _make_client(name: str, asynchronous: bool) -> Any:
         )
         return track_gemini(client)
     raise ValueError(f"Unknown provider type {kind!r} for provider {name!r}")
+
+
+_ssl_contexts: dict[str, ssl.SSLContext] = {}
+
+
+def _async_http_client(sdk: Any) -> Any:
+    """The SDK's default async HTTP client, verifying TLS with one SSL context per process:
+    loading the CA bundle costs ~50 ms, once per client, and a loop-bound client is made
+    for every event loop (under WSGI, every request to an async view). The context is
+    loop-agnostic and made as the HTTP library makes its own (``create_ssl_context()``:
+    certifi, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``). None (the SDK makes its own client)
+    when this SDK version doesn't offer what that needs."""
+    default_cls = getattr(sdk, "DefaultAsyncHttpxClient", None)
+    if default_cls is None:
+        return None
+    http_lib: Any = next(
+        (
+            sys.modules.get(base.__module__.partition(".")[0])
+            for base in default_cls.__mro__
+            if base.__name__ == "AsyncClient" and base.__module__.startswith("httpx")
+        ),
+        None,
+    )
+    create = getattr(http_lib, "create_ssl_context", None)
+    if create is None:
+        return None
+    try:
+        with _ssl_lock:
+            context = _ssl_contexts.get(http_lib.__name__)
+            if context is None:
+                context = _ssl_contexts[http_lib.__name__] = create()
+        return default_cls(verify=context)
+    except Exception:  # an SDK or HTTP library that takes neither: the SDK's own default
+        logger.debug("Using the SDK's own async HTTP client", exc_info=True)
+        return None
+
+
+_ssl_lock = threading.Lock()
+
+
+def _forget_ssl_contexts() -> None:
+    _ssl_contexts.clear()  # (SSL_CERT_FILE may have changed with the settings)
+
+
+on_reload(_forget_ssl_contexts)
 
 
 # -- one request, per provider kind -------------------------------------------------------

@@ -18,6 +18,7 @@ caller's own team either way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
@@ -202,9 +203,11 @@ class _Run:
             timeout = min(timeout, remaining) if timeout else remaining
         return timeout
 
-    def next_step(self, asynchronous: bool = False) -> _Step | None:
+    def next_step(self, loop: asyncio.AbstractEventLoop | None = None) -> _Step | None:
+        """The next attempt; with ``loop`` (the caller's running loop: this runs in a worker
+        thread), an async one, through that loop's own async client."""
         ref = self.next_attempt()
-        return None if ref is None else _Step(self, ref, asynchronous=asynchronous)
+        return None if ref is None else _Step(self, ref, loop=loop)
 
     def _tried(self) -> list[Attempt]:
         return [a for a in self.attempts if not a.outcome.startswith("skipped")]
@@ -333,15 +336,16 @@ class _Step:
     ``step.error`` for :meth:`_Run.failed` to judge. A call FluxGate refused (a budget)
     propagates, freeing the circuit's probe slot if the attempt held it."""
 
-    def __init__(self, run: _Run, ref: ModelRef, *, asynchronous: bool) -> None:
+    def __init__(self, run: _Run, ref: ModelRef, *, loop: asyncio.AbstractEventLoop | None) -> None:
         self.run = run
         self.ref = ref
         self.kind = providers.provider_kind(ref.provider)
         self.path, self.kwargs = providers.call_arguments(
             self.kind, ref.model, run.request, run.timeout_for_attempt()
         )
-        client = providers.clients.get(ref.provider, asynchronous=asynchronous)
-        if asynchronous and self.kind == "gemini":
+        # An async attempt uses its loop's client: one reused on another loop would fail.
+        client = providers.clients.get(ref.provider, loop=loop)
+        if loop is not None and self.kind == "gemini":
             client = client.aio  # google-genai keeps its async methods under .aio
         self.client = client
         self.method = providers.method_of(client, self.path)
