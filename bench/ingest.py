@@ -6,7 +6,7 @@
         [--writer-threads N] [--repeat 3] [--server-side-binding] [--profile thread]
         [--only copy sync thread celery]
 
-Creates a PostgreSQL database ``fluxgate_bench_ingest`` (dropped at the end), generates
+Creates a PostgreSQL database ``fluxgate_bench_ingest_<pid>`` (dropped at the end), generates
 ``--events`` priced ``EventRecord``s up front (no LLM calls: the recorder is what is
 measured), and times, on the same rows, with the settings' defaults (``BATCH_SIZE``,
 ``WRITER_THREADS``; runaway detection on):
@@ -32,7 +32,7 @@ the worker.
 ``--api`` benches the ingest API instead (``POST fluxgate/api/events/``) as a client sees
 it: the test project served by a real server (``--server gunicorn``, gthread workers:
 ``pip install gunicorn``; ``runserver`` if it is missing) with the thread recorder into a
-fresh PostgreSQL database ``fluxgate_bench_api``, and ``--client-processes`` x
+fresh PostgreSQL database ``fluxgate_bench_api_<pid>``, and ``--client-processes`` x
 ``--connections`` concurrent keep-alive HTTP clients. Scenarios: ``GET health/`` (the
 cost of any authenticated request: the floor), one event per request, and ``--batch``
 events per request; each ``--warmup`` s, then ``--duration`` s measured. It prints
@@ -67,7 +67,8 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-DB_NAME = "fluxgate_bench_ingest"
+#: (Per run: two benches on one server must not drop each other's database.)
+DB_NAME = f"fluxgate_bench_ingest_{os.getpid()}"
 TARGETS = {"thread": (20_000, 0.30), "celery": (10_000, None)}
 #: Django's psycopg default is client-side binding without prepared statements: every
 #: row of an executemany (the report rollups' upserts) is parsed and planned anew.
@@ -365,7 +366,7 @@ def run_celery(
 
 # -- the ingest API over HTTP (--api) -------------------------------------------------------
 
-API_DB_NAME = "fluxgate_bench_api"
+API_DB_NAME = f"fluxgate_bench_api_{os.getpid()}"
 #: Single-event requests/s, and events/s at --batch events per request.
 API_TARGETS = {"single": 500, "batch": 20_000}
 EVENTS_PATH = "/fluxgate/api/events/"

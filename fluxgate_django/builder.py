@@ -1,7 +1,9 @@
 """The one record builder: every path that observes an LLM call makes its event here.
 
 :func:`make_record` is Django-free (the LangChain remote sink uses it in a process with
-no Django site) and takes every field an event can have. It decides the cost fields only
+no Django site) and takes every field an event can have; :func:`make_records` is the same
+builder for a batch of one team's calls (the ingest API's), the work they share done
+once. It decides the cost fields only
 where no price is needed — a refused call costs 0, a call with no usage has no cost and
 says why, a cost given by the provider or the caller is kept — and leaves ``cost_source``
 empty otherwise, for :func:`fluxgate_django.pipeline.price_record` to fill. Nothing
@@ -28,7 +30,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -134,20 +136,17 @@ def storable_text(value: Any, limit: int | None) -> str:
 
 
 def _storable_texts(values: dict[str, Any]) -> dict[str, str]:
-    """:func:`storable_text` of each bounded column's value (most are short plain ASCII,
-    taken as they are)."""
-    out = {}
+    """:func:`storable_text` of each bounded column's value, in place (most are short
+    plain ASCII, kept as they are)."""
     for name, value in values.items():
-        limit = TEXT_LIMITS[name]
-        if value is None:
-            out[name] = ""
-        elif value.__class__ is str and (
-            not value or (len(value) <= limit and value.isascii() and "\x00" not in value)
+        if value.__class__ is str and (
+            not value
+            or (len(value) <= TEXT_LIMITS[name] and value.isascii() and "\x00" not in value)
         ):
-            out[name] = value
-        else:
-            out[name] = storable_text(value, limit)
-    return out
+            continue
+        # (A value replaced, none added: the iteration goes on.)
+        values[name] = "" if value is None else storable_text(value, TEXT_LIMITS[name])
+    return values
 
 
 def _is_sentinel(value: Any) -> bool:
@@ -316,18 +315,25 @@ def now() -> dt.datetime:
 
 
 def _decided_cost(
-    info: CallInfo, usage: Usage, ctx: TrackingContext, failed: bool
+    status: Status,
+    openrouter_cost: Decimal | None,
+    reported_cost: Decimal | None,
+    usage_reported: bool,
+    usage_missing_reason: str,
+    failed: bool,
+    input_tokens: Any,
+    output_tokens: Any,
 ) -> tuple[Decimal | None, str]:
     """The cost when it needs no price: ``(cost, source)``; ``(None, "")`` to price it."""
-    if info.status is Status.BUDGET_EXCEEDED:
+    if status is Status.BUDGET_EXCEEDED:
         return Decimal(0), CostSource.NOT_SENT.value
-    if ctx.openrouter_cost is not None:
-        return ctx.openrouter_cost, CostSource.OPENROUTER.value
-    if info.reported_cost is not None:
-        return info.reported_cost, CostSource.PROVIDER_REPORTED.value
-    if not info.usage_reported:
-        return None, str(info.usage_missing_reason)
-    if failed and usage.total_tokens == 0:
+    if openrouter_cost is not None:
+        return openrouter_cost, CostSource.OPENROUTER.value
+    if reported_cost is not None:
+        return reported_cost, CostSource.PROVIDER_REPORTED.value
+    if not usage_reported:
+        return None, str(usage_missing_reason)
+    if failed and input_tokens + output_tokens == 0:
         return None, CostSource.NOT_BILLED.value  # a failed call that reported no usage
     return None, ""
 
@@ -367,20 +373,245 @@ def make_record(
     cost already known (the caller's own, or 0 from the response cache); otherwise the
     cost is decided here where no price is needed, or left for pricing. ``attempt`` is
     the LLM-service attempt the call belongs to (default: the current one).
+
+    The one-call entry of :func:`make_records` (the same builder: a row of its fields).
     """
     usage = usage or Usage()
-    tracking_id = tracking_id or uuid.uuid4()
     if attempt is None:
         attempt = service_attempt.get()
+    return _build(
+        _storable_team(ctx.team),
+        attempt,
+        None,
+        info.provider,
+        info.operation,
+        info.requested_model,
+        info.model,
+        info.finish_reason,
+        info.status,
+        info.streamed,
+        ctx.service_tier or info.service_tier,
+        info.usage_reported,
+        info.usage_missing_reason,
+        info.reported_cost,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.reasoning_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.cache_write_1h_tokens,
+        ctx.feature,
+        ctx.user,
+        ctx.step,
+        ctx.session_id,
+        ctx.conversation_id,
+        ctx.request_id,
+        ctx.openrouter_cost,
+        ctx.metadata,
+        ctx.tags,
+        source,
+        tracking_id,
+        created_at,
+        latency_ms,
+        time_to_first_token_ms,
+        stream_duration_ms,
+        error,
+        error_type,
+        error_message,
+        failed,
+        cost_usd,
+        cost_source,
+        cost_saved_usd,
+        cache_hit,
+        fallback_attempt,
+        run_id,
+        parent_run_id,
+        content,
+        extra_metadata,
+        budget_reservation,
+    )
+
+
+#: The keys a row of :func:`make_records` may have: the fields of ``CallInfo``, ``Usage``
+#: and ``TrackingContext`` (but its team), and ``make_record``'s keyword arguments (but
+#: ``attempt``, shared by the batch).
+ROW_KEYS = frozenset(
+    {
+        *(f.name for f in dataclasses.fields(CallInfo)),
+        *_TOKEN_FIELDS,
+        *(f.name for f in dataclasses.fields(TrackingContext) if f.name != "team"),
+        "source", "tracking_id", "created_at", "latency_ms", "time_to_first_token_ms",
+        "stream_duration_ms", "error", "error_type", "error_message", "failed", "cost_usd",
+        "cost_source", "cost_saved_usd", "cache_hit", "fallback_attempt", "run_id",
+        "parent_run_id", "content", "extra_metadata", "budget_reservation",
+    }
+)  # fmt: skip
+
+
+_USAGE_MISSING = CostSource.USAGE_MISSING.value
+
+
+def make_records(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    team: Any = None,
+    source: Source | str = Source.SDK,
+    created_at: dt.datetime | None = None,
+    attempt: ServiceAttempt | None = None,
+) -> list[EventRecord]:
+    """The records of many calls of one team at once (the ingest API's batches): what
+    :func:`make_record` makes of each, with the work the calls share done once.
+
+    A row holds one call's values by name (:data:`ROW_KEYS`): the fields of ``CallInfo``
+    and ``Usage``, those of ``TrackingContext`` but its ``team``, and ``make_record``'s
+    keyword arguments. An absent key has ``make_record``'s default; ``service_tier`` is
+    the tier the call is priced at (``make_record``: the context's, else the call's).
+    Shared by every row: ``team`` (a slug, id, ``Team`` or ``Deferred``), the ``source``
+    of a row that names none, the ``created_at`` of a row without one (default: now), and
+    the LLM-service ``attempt`` (default: the current one). Other keys are ignored.
+    """
+    if attempt is None:
+        attempt = service_attempt.get()
+    shared_team = _storable_team(team)
+    default_created_at = created_at or now()
+    records = []
+    for row in rows:
+        get = row.get
+        records.append(
+            _build(
+                shared_team,
+                attempt,
+                default_created_at,
+                get("provider"),
+                get("operation"),
+                get("requested_model", ""),
+                get("model", ""),
+                get("finish_reason", ""),
+                get("status", Status.SUCCESS),
+                get("streamed", False),
+                get("service_tier", ""),
+                get("usage_reported", True),
+                get("usage_missing_reason", _USAGE_MISSING),
+                get("reported_cost"),
+                get("input_tokens", 0),
+                get("output_tokens", 0),
+                get("reasoning_tokens", 0),
+                get("cache_read_tokens", 0),
+                get("cache_write_tokens", 0),
+                get("cache_write_1h_tokens", 0),
+                get("feature"),
+                get("user"),
+                get("step"),
+                get("session_id"),
+                get("conversation_id"),
+                get("request_id"),
+                get("openrouter_cost"),
+                get("metadata"),
+                get("tags", ()),
+                get("source", source),
+                get("tracking_id"),
+                get("created_at"),
+                get("latency_ms"),
+                get("time_to_first_token_ms"),
+                get("stream_duration_ms"),
+                get("error"),
+                get("error_type", ""),
+                get("error_message"),
+                get("failed"),
+                get("cost_usd"),
+                get("cost_source", ""),
+                get("cost_saved_usd"),
+                get("cache_hit", False),
+                get("fallback_attempt"),
+                get("run_id", ""),
+                get("parent_run_id", ""),
+                get("content"),
+                get("extra_metadata"),
+                get("budget_reservation"),
+            )
+        )
+    return records
+
+
+def _storable_team(team: Any) -> Any:
+    team = resolved(team)
+    return storable_text(team, 100) if isinstance(team, str) else team
+
+
+def _build(  # every field of a record, positional: no per-call dict
+    team: Any,
+    attempt: ServiceAttempt | None,
+    default_created_at: dt.datetime | None,
+    provider: Any,
+    operation: Any,
+    requested_model: str,
+    model: str,
+    finish_reason: str,
+    status: Any,
+    streamed: bool,
+    service_tier: str | None,
+    usage_reported: bool,
+    usage_missing_reason: str,
+    reported_cost: Decimal | None,
+    input_tokens: Any,
+    output_tokens: Any,
+    reasoning_tokens: Any,
+    cache_read_tokens: Any,
+    cache_write_tokens: Any,
+    cache_write_1h_tokens: Any,
+    feature: str | None,
+    user: Any,
+    step: str | None,
+    session_id: str | None,
+    conversation_id: str | None,
+    request_id: str | None,
+    openrouter_cost: Decimal | None,
+    metadata: Any,
+    tags: Any,
+    source: Any,
+    tracking_id: uuid.UUID | None,
+    created_at: dt.datetime | None,
+    latency_ms: float | None,
+    time_to_first_token_ms: float | None,
+    stream_duration_ms: float | None,
+    error: BaseException | None,
+    error_type: str,
+    error_message: str | None,
+    failed: bool | None,
+    cost_usd: Any,
+    cost_source: str,
+    cost_saved_usd: Any,
+    cache_hit: bool,
+    fallback_attempt: int | None,
+    run_id: str,
+    parent_run_id: str,
+    content: Any,
+    extra_metadata: Mapping[str, Any] | None,
+    budget_reservation: dict[str, Any] | None,
+) -> EventRecord:
+    """The one builder: the record of one call (the values of a row of :func:`make_records`,
+    in :data:`ROW_KEYS`' meaning), with ``team`` already storable."""
+    tracking_id = tracking_id or uuid.uuid4()
     if attempt is not None:
         source = attempt.source
         if fallback_attempt is None:
             fallback_attempt = attempt.fallback_attempt
     if failed is None:
         failed = error is not None
+    if status.__class__ is not Status:
+        status = Status(status)
     refused: dict[str, str] = {}
-    counts = [getattr(usage, name) for name in _TOKEN_FIELDS]
+    counts = [
+        input_tokens,
+        output_tokens,
+        reasoning_tokens,
+        cache_read_tokens,
+        cache_write_tokens,
+        cache_write_1h_tokens,
+    ]
     for i, count in enumerate(counts):
+        if count.__class__ is int and 0 <= count <= MAX_TOKENS:
+            continue  # (the common case: storable_tokens() keeps it as it is)
         checked = storable_tokens(count)
         if checked.__class__ is str:
             refused[_TOKEN_FIELDS[i]] = f"{_object_text(count)}: {checked}"
@@ -388,7 +619,16 @@ def make_record(
         else:
             counts[i] = checked
     if cost_usd is None and not cost_source:
-        cost_usd, cost_source = _decided_cost(info, usage, ctx, failed)
+        cost_usd, cost_source = _decided_cost(
+            status,
+            openrouter_cost,
+            reported_cost,
+            usage_reported,
+            usage_missing_reason,
+            failed,
+            input_tokens,
+            output_tokens,
+        )
     elif cost_usd is not None and not cost_source:
         cost_source = CostSource.CLIENT.value
     cost = storable_cost(cost_usd)
@@ -396,28 +636,30 @@ def make_record(
         refused["cost_usd"] = f"{_object_text(cost_usd)}: {cost}"
         cost_usd, cost_source = None, CostSource.INVALID.value
     else:
-        cost_usd = cost  # type: ignore[assignment]
+        cost_usd = cost
         if refused and not cost_source:  # not to be priced from counts it could not keep
             cost_source = CostSource.INVALID.value
-    saved = storable_cost(cost_saved_usd)
-    if saved.__class__ is str:
-        refused["cost_saved_usd"] = f"{_object_text(cost_saved_usd)}: {saved}"
-        cost_saved_usd = None
-    else:
-        cost_saved_usd = saved  # type: ignore[assignment]
-    user_pk, end_user_id, email = user_fields(ctx.user)
-    metadata = json_safe(ctx.metadata) if ctx.metadata else {}
+    if cost_saved_usd is not None:
+        saved = storable_cost(cost_saved_usd)
+        if saved.__class__ is str:
+            refused["cost_saved_usd"] = f"{_object_text(cost_saved_usd)}: {saved}"
+            cost_saved_usd = None
+        else:
+            cost_saved_usd = saved
+    user_pk, end_user_id, email = user_fields(user)
+    metadata = json_safe(metadata) if metadata else {}
     if not isinstance(metadata, dict):
         metadata = {"value": metadata}
     if extra_metadata:
         metadata.update(json_safe(dict(extra_metadata)))
+    model = model or requested_model
     if refused:
         metadata[REFUSED_KEY] = refused
         logger.warning(
             "FluxGate refused values of event %s (%s/%s): %s; stored without them",
             tracking_id,
-            info.provider,
-            info.model or info.requested_model,
+            provider,
+            model,
             "; ".join(f"{k} {v}" for k, v in refused.items()),
         )
     if error_message is None:
@@ -426,34 +668,37 @@ def make_record(
         error_message = str(error)[:MAX_ERROR_MESSAGE] if error is not None else ""
     if not error_type and error is not None:
         error_type = type(error).__name__
-    team = resolved(ctx.team)
-    text = {
-        "provider": info.provider,
-        "model": info.model or info.requested_model,
-        "requested_model": info.requested_model,
-        "operation": info.operation,
-        "end_user_id": end_user_id,
-        "end_user_email": email,
-        "session_id": ctx.session_id,
-        "conversation_id": ctx.conversation_id,
-        "request_id": ctx.request_id,
-        "feature": ctx.feature,
-        "step": ctx.step,
-        "finish_reason": info.finish_reason,
-        "error_type": error_type,
-        "cost_source": cost_source,
-        "service_tier": ctx.service_tier or info.service_tier,
-        "run_id": run_id,
-        "parent_run_id": parent_run_id,
-    }
+    if error_message.__class__ is not str or error_message:  # ("" stays "")
+        error_message = redact_secrets(storable_text(error_message, MAX_ERROR_MESSAGE))
+    texts = _storable_texts(
+        {
+            "provider": provider,
+            "model": model,
+            "requested_model": requested_model,
+            "operation": operation,
+            "end_user_id": end_user_id,
+            "end_user_email": email,
+            "session_id": session_id,
+            "conversation_id": conversation_id,
+            "request_id": request_id,
+            "feature": feature,
+            "step": step,
+            "finish_reason": finish_reason,
+            "error_type": error_type,
+            "cost_source": cost_source,
+            "service_tier": service_tier,
+            "run_id": run_id,
+            "parent_run_id": parent_run_id,
+        }
+    )
     return EventRecord(
         tracking_id=tracking_id,
-        created_at=created_at or now(),
-        status=info.status.value,
-        source=Source(source).value,
-        team=storable_text(team, 100) if isinstance(team, str) else team,
+        created_at=created_at or default_created_at or now(),
+        status=status._value_,  # (.value: the enum's descriptor, slower)
+        source=_source_value(source),
+        team=team,
         user_pk=user_pk,
-        error_message=redact_secrets(storable_text(error_message, MAX_ERROR_MESSAGE)),
+        error_message=error_message,
         input_tokens=counts[0],
         output_tokens=counts[1],
         reasoning_tokens=counts[2],
@@ -465,12 +710,27 @@ def make_record(
         latency_ms=latency_ms,
         time_to_first_token_ms=time_to_first_token_ms,
         stream_duration_ms=stream_duration_ms,
-        streamed=info.streamed,
+        streamed=streamed,
         cache_hit=cache_hit,
         fallback_attempt=fallback_attempt or 0,
         metadata=metadata,
-        tags=[storable_text(_json_value(t, 0), None) for t in ctx.tags] if ctx.tags else [],
+        tags=[storable_text(_json_value(t, 0), None) for t in tags] if tags else [],
         content=None if content is None else json_safe(content),
         budget_reservation=budget_reservation,
-        **_storable_texts(text),
+        **texts,
     )
+
+
+#: ``Source(source).value`` of a member or value, without the enum call.
+_SOURCE_VALUES: dict[Any, str] = {
+    **{s: s.value for s in Source},
+    **{s.value: s.value for s in Source},
+}
+
+
+def _source_value(source: Any) -> str:
+    if source.__class__ is Source or source.__class__ is str:
+        value = _SOURCE_VALUES.get(source)
+        if value is not None:
+            return value
+    return Source(source).value

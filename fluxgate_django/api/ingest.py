@@ -18,7 +18,7 @@ field errors are the serializer's.
 
 An event's team is the API key's team; a payload naming another team is refused. An
 event without ``cost_usd`` is priced here by the same code as every other event
-(``make_record``, then pricing), unless its ``cost_source`` says why it can't be
+(``make_records``, then pricing), unless its ``cost_source`` says why it can't be
 (``usage-missing``, ``not-billed``...). Events go through the site's recorder like any
 other event, are stored idempotently by ``tracking_id``, and are charged to the team's
 budgets (the budget guard's ``charge_ingested``) in the transaction that stores them.
@@ -30,6 +30,7 @@ import datetime as dt
 import decimal
 import io
 import json
+import math
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -42,14 +43,13 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..builder import REFUSED_KEY, now
-from ..context import TrackingContext
+from ..builder import REFUSED_KEY, make_records, now
 from ..guard import charge_ingested
 from ..models import COST_FIELD, Event, Team
 from ..money import MAX_EVENT_COST_USD
-from ..pipeline import finish_record, make_record, submit_batch
-from ..records import CallInfo, CostSource, EventRecord, Source, Status, Usage
-from .validator import FALLBACK, compile_serializer, compile_text, register
+from ..pipeline import finish_record, submit_batch
+from ..records import CostSource, EventRecord, Source, Status
+from .validator import FALLBACK, UNSTORABLE_TEXT, compile_serializer, compile_text, register
 
 try:
     import psycopg
@@ -263,10 +263,19 @@ class EventIngestSerializer(serializers.Serializer):
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        for name, value in list(attrs.items()):
-            if value is None and isinstance(self.fields[name], serializers.CharField):
-                attrs[name] = ""
+        text = _TEXT_FIELDS  # (its text fields: null is stored as "")
+        for name, value in attrs.items():
+            if value is None and name in text:
+                attrs[name] = ""  # (a value replaced: the iteration goes on)
         return attrs
+
+
+#: The text fields (``CharField``) of :class:`EventIngestSerializer`.
+_TEXT_FIELDS = frozenset(
+    name
+    for name, field in EventIngestSerializer().fields.items()
+    if isinstance(field, serializers.CharField)
+)
 
 
 class EventBatchSerializer(serializers.Serializer):
@@ -369,17 +378,66 @@ def _team_value(value: Any, context: Any) -> Any:
     raise FALLBACK
 
 
+def _flat_json_bound(value: dict[Any, Any]) -> int | None:
+    """For an object of plain values only (strings, small integers, finite floats, booleans,
+    null) with no NUL character or lone surrogate, the most bytes its ``validate_metadata``
+    encoding can have (an escape is at most 6 bytes a character, as is UTF-8); otherwise
+    None (then it is encoded, and checked as a whole)."""
+    total = 2
+    for key, child in value.items():
+        if key.__class__ is not str or "\x00" in key:
+            return None
+        if not key.isascii() and UNSTORABLE_TEXT.search(key):
+            return None
+        total += 6 * len(key) + 4
+        kind = child.__class__
+        if kind is str:
+            if "\x00" in child or (not child.isascii() and UNSTORABLE_TEXT.search(child)):
+                return None
+            total += 6 * len(child)
+        elif kind is bool or child is None:
+            total += 5
+        elif kind is int:
+            if not -(10**18) < child < 10**18:
+                return None
+            total += 20
+        elif kind is float:
+            if not math.isfinite(child):
+                return None
+            total += 25  # (repr: at most 24 characters)
+        else:
+            return None
+    return total
+
+
+#: ``validate_metadata``'s encoding (``json.dumps`` with these options makes one per call).
+_METADATA_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def _metadata_value(value: Any, context: Any) -> Any:
-    """``MetadataField`` and ``validate_metadata``, compiled: one JSON encoding for both."""
+    """``MetadataField`` and ``validate_metadata``, compiled: one JSON encoding for both.
+
+    An object holding no object or list (the common metadata) is no deeper than the
+    limit, and its NUL characters are in its encoding (as ``\\u0000``: refused, or an
+    escaped backslash before ``u0000``: then the serializer decides); any other is
+    walked by ``check_json_strings``."""
     if type(value) is not dict:
         raise FALLBACK
-    check_json_strings(value)
+    bound = _flat_json_bound(value)
+    if bound is not None and bound <= MAX_METADATA_BYTES:
+        return value
+    for child in value.values():
+        kind = type(child)
+        if kind is dict or kind is list or isinstance(child, (dict, list)):
+            check_json_strings(value)
+            break
     try:
-        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        size = len(encoded.encode())  # (UnicodeEncodeError, a ValueError: a lone surrogate)
+        encoded = _METADATA_JSON.encode(value)
+        # (UnicodeEncodeError, a ValueError: a lone surrogate)
+        size = len(encoded) if encoded.isascii() else len(encoded.encode())
     except (ValueError, TypeError):
         raise FALLBACK from None
-    if size > MAX_METADATA_BYTES:
+    if size > MAX_METADATA_BYTES or "\\u0000" in encoded:
         raise FALLBACK
     return value
 
@@ -456,89 +514,56 @@ def parse_ingest_body(data: Any, team: Team) -> IngestEvents:
     return IngestEvents([event])
 
 
-def to_record(
-    data: dict[str, Any],
+_STATUS_OF = {s.value: s for s in Status}
+_FAILED = frozenset({Status.ERROR.value, Status.MALFORMED_REQUEST.value})
+
+
+def to_records(
+    events: Sequence[dict[str, Any]],
     team: Team,
     received_at: dt.datetime | None = None,
     charges: dict[tuple[str, dt.datetime], dict[str, Any] | None] | None = None,
-) -> EventRecord:
-    """The ``EventRecord`` of one validated event of ``team`` (not priced yet), carrying
-    the charge of its cost to the team's budgets that applied when it was made.
+) -> list[EventRecord]:
+    """The ``EventRecord`` of each validated event of ``team`` (not priced yet), each
+    carrying the charge of its cost to the team's budgets that applied when it was made:
+    one :func:`~fluxgate_django.builder.make_records` batch.
 
     ``received_at``: the ``created_at`` of an event that gives none (default: now).
     ``charges``: the budget charges found so far for this request, by feature and time
     (events of one batch mostly share both)."""
-    usage = Usage(
-        input_tokens=data["input_tokens"],
-        output_tokens=data["output_tokens"],
-        reasoning_tokens=data["reasoning_tokens"],
-        cache_read_tokens=data["cache_read_tokens"],
-        cache_write_tokens=data["cache_write_tokens"],
-        cache_write_1h_tokens=data["cache_write_1h_tokens"],
-    )
-    cost = data.get("cost_usd")
-    reason = data["cost_source"]
-    status = Status(data["status"])
-    info = CallInfo(
-        provider=data["provider"],
-        operation=data["operation"],
-        requested_model=data["requested_model"],
-        model=data["model"],
-        finish_reason=data["finish_reason"],
-        status=status,
-        streamed=data["streamed"],
-        service_tier=data["service_tier"],
+    received_at = received_at or now()
+    if charges is None:
+        charges = {}
+    team_id = team.pk
+    client, usage_missing = CostSource.CLIENT.value, CostSource.USAGE_MISSING.value
+    rows = []
+    for data in events:
+        # The validated fields are named as make_records' row keys (provider, model,
+        # the token counts, feature, metadata, latency_ms...; the others are ignored): a
+        # copy of the event, with what the API's fields mean for make_record on top.
+        row = data.copy()
+        cost = data.get("cost_usd")
+        reason = data["cost_source"]
+        status = data["status"]
+        row["status"] = _STATUS_OF[status]
         # Priced here unless the client gave the cost, or said why there is none.
-        usage_reported=bool(cost is not None or (not reason and data["usage_reported"])),
-        usage_missing_reason=reason or CostSource.USAGE_MISSING.value,
-    )
-    end_user = None
-    if data["end_user_id"] or data["end_user_email"]:
-        end_user = {"id": data["end_user_id"], "email": data["end_user_email"]}
-    ctx = TrackingContext(
-        feature=data["feature"] or None,
-        user=end_user,
-        team=team,
-        step=data["step"] or None,
-        session_id=data["session_id"] or None,
-        conversation_id=data["conversation_id"] or None,
-        request_id=data["request_id"] or None,
-        metadata=data["metadata"],
-        tags=tuple(data["tags"]),
-    )
-    created_at = data.get("created_at") or received_at or now()
-    key = (data["feature"], created_at)
-    if charges is not None and key in charges:
-        charge = charges[key]
-    else:
-        charge = charge_ingested(team.pk, data["feature"], created_at)
-        if charges is not None:
-            charges[key] = charge
-    return make_record(
-        info,
-        usage,
-        ctx,
-        source=Source(data["source"]),
-        tracking_id=data.get("tracking_id") or uuid.uuid4(),
-        created_at=created_at,
-        latency_ms=data.get("latency_ms"),
-        time_to_first_token_ms=data.get("time_to_first_token_ms"),
-        stream_duration_ms=data.get("stream_duration_ms"),
+        row["usage_reported"] = bool(cost is not None or (not reason and data["usage_reported"]))
+        row["usage_missing_reason"] = reason or usage_missing
+        row["cost_source"] = (reason or client) if cost is not None else ""
         # A failed call that reported no tokens is "not-billed", as for tracked clients.
-        failed=status in (Status.ERROR, Status.MALFORMED_REQUEST),
-        error_type=data["error_type"],
-        error_message=data["error_message"],
-        cost_usd=cost,
-        cost_source=(reason or CostSource.CLIENT.value) if cost is not None else "",
-        # The client's own figures; otherwise the saving priced here (cache reads).
-        cost_saved_usd=data.get("cost_saved_usd"),
-        cache_hit=data["cache_hit"],
-        fallback_attempt=data["fallback_attempt"],
-        run_id=data["run_id"],
-        parent_run_id=data["parent_run_id"],
+        row["failed"] = status in _FAILED
+        if data["end_user_id"] or data["end_user_email"]:
+            row["user"] = {"id": data["end_user_id"], "email": data["end_user_email"]}
+        created_at = row["created_at"] = data.get("created_at") or received_at
+        key = (data["feature"], created_at)
+        try:
+            charge = charges[key]
+        except KeyError:
+            charge = charges[key] = charge_ingested(team_id, data["feature"], created_at)
         # (Each record its own: what the recorder notes on one must not reach another.)
-        budget_reservation=None if charge is None else dict(charge),
-    )
+        row["budget_reservation"] = None if charge is None else dict(charge)
+        rows.append(row)
+    return make_records(rows, team=team, created_at=received_at)
 
 
 def ingest(events: Sequence[dict[str, Any]], team: Team) -> dict[str, Any]:
@@ -549,9 +574,7 @@ def ingest(events: Sequence[dict[str, Any]], team: Team) -> dict[str, Any]:
     (priced, recorded by the site's recorder, their cost charged to the team's budgets
     when they are written).
     """
-    received_at = now()
-    charges: dict[tuple[str, dt.datetime], dict[str, Any] | None] = {}
-    records = [to_record(data, team, received_at, charges) for data in events]
+    records = to_records(events, team)
     batch = getattr(events, "batch", len(records) > 1)
     stored = stored_tracking_ids([r.tracking_id for r in records])
     new: list[EventRecord] = []
@@ -562,9 +585,10 @@ def ingest(events: Sequence[dict[str, Any]], team: Team) -> dict[str, Any]:
         stored.add(record.tracking_id)
         if not duplicate:
             new.append(finish_record(record))
-            refused = _unstorable_price(record)
-            if refused:
-                errors[str(index)] = refused
+            if REFUSED_KEY in record.metadata:
+                refused = _unstorable_price(record)
+                if refused:
+                    errors[str(index)] = refused
         results.append(
             {
                 "tracking_id": record.tracking_id,
@@ -588,18 +612,21 @@ def stored_tracking_ids(ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     conn = connections[router.db_for_read(Event)]
     table = conn.ops.quote_name(Event._meta.db_table)
     column = conn.ops.quote_name(str(field.column))
-    params = [field.get_db_prep_value(i, conn) for i in ids]
     if conn.vendor == "postgresql":
         conn.ensure_connection()  # (psycopg 3, or psycopg2: then Django's cursor below)
     if psycopg is not None and isinstance(conn.connection, psycopg.Connection):
         # One array parameter, server-side binding (psycopg's own cursor, which prepares a
         # statement run often unless the site's prepare_threshold says not to): no query
         # text to build, nor to plan on every request. (Django's query logging does not
-        # see it.)
+        # see it.) The array is given as its text ("{hex,hex...}", which the uuid type
+        # reads): one string, not one adapted value per id.
+        hexes = [i.hex if i.__class__ is uuid.UUID else field.to_python(i).hex for i in ids]
+        array = "{" + ",".join(hexes) + "}"
         sql = f"SELECT {column} FROM {table} WHERE {column} = ANY(%s::uuid[])"
         with conn.wrap_database_errors, psycopg.Cursor(conn.connection) as cursor:
-            cursor.execute(sql, [params])  # (prepared after a few: psycopg)
+            cursor.execute(sql, [array])  # (prepared after a few: psycopg)
             return {field.to_python(row[0]) for row in cursor.fetchall()}
+    params = [field.get_db_prep_value(i, conn) for i in ids]
     sql = f"SELECT {column} FROM {table} WHERE {column} IN ({', '.join(['%s'] * len(params))})"
     with conn.cursor() as cursor:
         cursor.execute(sql, params)

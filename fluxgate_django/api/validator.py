@@ -42,7 +42,7 @@ Converter = Callable[[Any, Mapping[str, Any]], Any]
 
 #: Characters no text field stores (``ProhibitNullCharactersValidator``,
 #: ``ProhibitSurrogateCharactersValidator``).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
 _TEXT_VALIDATORS = (
     MaxLengthValidator,
     MinLengthValidator,
@@ -82,7 +82,8 @@ def compile_text(field: serializers.CharField) -> Converter | None:
                     return ""
                 raise FALLBACK
             if (
-                _UNSTORABLE.search(value)
+                "\x00" in value
+                or (not value.isascii() and UNSTORABLE_TEXT.search(value))
                 or (max_length is not None and len(value) > max_length)
                 or (min_length is not None and len(value) < min_length)
             ):
@@ -278,6 +279,7 @@ def compile_serializer(
     required: list[str] = []
     constant_defaults: dict[str, Any] = {}
     dynamic_defaults: list[tuple[str, Any, Any]] = []  # (name, field, validate method)
+    factories: list[tuple[str, Callable[[], Any]]] = []  # (name, callable default)
     for name, field in prototype.fields.items():
         if field.read_only:
             continue
@@ -289,7 +291,14 @@ def compile_serializer(
         if field.required:
             required.append(name)  # absent: the serializer says "required"
         elif field.default is not empty:
-            if callable(field.default) or validate_method is not None:
+            default = field.default
+            if (
+                callable(default)
+                and validate_method is None
+                and not getattr(default, "requires_context", False)
+            ):
+                factories.append((name, default))  # (what field.get_default() calls)
+            elif callable(default) or validate_method is not None:
                 dynamic_defaults.append((name, field, validate_method))
             else:
                 constant_defaults[name] = field.get_default()
@@ -304,6 +313,9 @@ def compile_serializer(
             if name not in data:
                 return None
         out = constant_defaults.copy()
+        for name, factory in factories:
+            if name not in data:
+                out[name] = factory()
         try:
             for name, field, validate_method in dynamic_defaults:
                 if name not in data:
