@@ -1,17 +1,33 @@
 """Django admin for FluxGate: read-only events (and dead letters), teams, API keys, price
-overrides, budgets."""
+overrides, budgets.
+
+Who sees what (docs/security.md): every FluxGate admin is a :class:`TeamScopedAdmin`.
+A superuser sees and changes every row. Anyone else sees only the rows of the teams they
+are an *admin* of (``TeamMembership.role``), and only as far as their Django model
+permissions (``view_*``, ``change_*``, ``add_*``, ``delete_*``) allow: changelists, change
+and delete pages, history, actions, list filters, foreign-key choices and autocompletes
+are all narrowed to those teams, and a row of another team answers 404, like one that
+doesn't exist. Site-wide rows (price overrides), creating and deleting teams, and rows
+without a team are for superusers only. Secrets are never shown once saved: a budget's
+webhook URL (it often carries a token) shows as its scheme and host, with a field to
+replace it; an API key's hash is never displayed.
+"""
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import django
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.db.models.constants import LOOKUP_SEP
+from django.http import Http404, HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -29,6 +45,290 @@ from .models import (
 )
 from .models.teams import forget_api_keys
 
+# -- who sees which teams -----------------------------------------------------------------
+
+_REQUEST_CACHE = "_fluxgate_admin_teams"
+
+
+def administered_teams(request: HttpRequest) -> frozenset[int] | None:
+    """The ids of the teams whose rows ``request.user`` may reach in the admin; ``None``
+    means every team (and rows without one): an active superuser.
+
+    Anyone else: the teams they are an admin of (``TeamMembership.role`` ``admin``),
+    possibly none. Django's model permissions then say what they may do with those rows.
+    Kept on the request (asked once per page).
+    """
+    cached: frozenset[int] | bool | None = getattr(request, _REQUEST_CACHE, False)
+    if cached is not False:
+        return cast("frozenset[int] | None", cached)
+    user = getattr(request, "user", None)
+    teams: frozenset[int] | None
+    if user is None or not user.is_authenticated or not user.is_active:
+        teams = frozenset()
+    elif user.is_superuser:
+        teams = None
+    else:
+        teams = frozenset(
+            TeamMembership.objects.filter(
+                user_id=user.pk, role=TeamMembership.Role.ADMIN
+            ).values_list("team_id", flat=True)
+        )
+    setattr(request, _REQUEST_CACHE, teams)
+    return teams
+
+
+def _team_id(obj: Any, path: str) -> Any:
+    """The team id of ``obj`` along ``path`` (``"team"``, ``"budget__team"``; ``"pk"``:
+    ``obj`` is a team)."""
+    if path == "pk":
+        return obj.pk
+    *hops, last = path.split("__")
+    for hop in hops:
+        obj = getattr(obj, hop, None)
+        if obj is None:
+            return None
+    return getattr(obj, f"{last}_id", None)
+
+
+class TeamScopedAdmin(admin.ModelAdmin):
+    """The base of every FluxGate ``ModelAdmin``: rows narrowed to the teams the user
+    administers (:func:`administered_teams`), on top of Django's model permissions.
+
+    ``get_queryset`` is the scope, so the changelist, search, date hierarchy, actions
+    (``delete_selected`` too), the change, delete and history pages (through
+    ``get_object``, where a row out of scope is a 404), and other admins' autocompletes
+    and foreign-key choices of this model all follow it. The ``has_*_permission`` hooks
+    check the row's team as well, and a row saved into a team out of scope is refused.
+    """
+
+    #: How a row reaches its team (a lookup path; ``"pk"`` for teams themselves), or
+    #: ``None`` for site-wide rows: superusers only.
+    team_path: str | None = "team"
+    #: Whether a team admin (with the Django permission) may add / delete rows of their
+    #: teams; ``False``: superusers only.
+    team_admins_add: bool = True
+    team_admins_delete: bool = True
+    #: Fields never shown once saved, which no changelist URL may filter on either
+    #: (``?webhook_url__startswith=...`` would read them out a character at a time).
+    secret_fields: tuple[str, ...] = ()
+
+    def in_scope(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Whether the user may reach ``obj`` (``None``: some row of this model)."""
+        teams = administered_teams(request)
+        if teams is None:
+            return True
+        if self.team_path is None or not teams:
+            return False
+        return obj is None or _team_id(obj, self.team_path) in teams
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        teams = administered_teams(request)
+        if teams is None:
+            return queryset
+        if self.team_path is None or not teams:
+            return queryset.none()
+        return queryset.filter(**{f"{self.team_path}__in": teams})
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: Any = None) -> Any:
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            # Not there, or not yours: the same answer (existence is not revealed).
+            raise Http404(f"No {self.opts.verbose_name} with this id.")
+        return obj
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) and self.in_scope(request)
+
+    def lookup_allowed(self, lookup: str, value: str, request: Any = None) -> bool:
+        if lookup.split(LOOKUP_SEP)[0] in self.secret_fields:
+            return False  # (answered 400 by the changelist)
+        if django.VERSION < (5, 0):
+            return super().lookup_allowed(lookup, value)  # type: ignore[call-arg]
+        return super().lookup_allowed(lookup, value, request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) and self.in_scope(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and self.in_scope(request, obj)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        if not self.team_admins_add and administered_teams(request) is not None:
+            return False
+        return super().has_add_permission(request) and self.in_scope(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if not self.team_admins_delete and administered_teams(request) is not None:
+            return False
+        return super().has_delete_permission(request, obj) and self.in_scope(request, obj)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        return super().formfield_for_foreignkey(
+            db_field, request, **_scoped_choices(self.admin_site, db_field, request, kwargs)
+        )
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        return super().formfield_for_manytomany(
+            db_field, request, **_scoped_choices(self.admin_site, db_field, request, kwargs)
+        )
+
+    def save_form(self, request: HttpRequest, form: Any, change: bool) -> Any:
+        obj = super().save_form(request, form, change)
+        # (The form's choices are scoped already; this holds even if a form isn't.)
+        if not self.in_scope(request, obj):
+            raise PermissionDenied("That team is not one you administer.")
+        return obj
+
+
+def _scoped_choices(
+    site: admin.AdminSite, db_field: Any, request: HttpRequest, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``kwargs`` with ``queryset`` narrowed to what the related model's FluxGate admin
+    shows the user (another team is not a choice), unless a queryset is given."""
+    if "queryset" in kwargs or administered_teams(request) is None:
+        return kwargs
+    related = site._registry.get(db_field.related_model)
+    if isinstance(related, TeamScopedAdmin):
+        return {**kwargs, "queryset": related.get_queryset(request)}
+    return kwargs
+
+
+class TeamScopedInline(admin.options.InlineModelAdmin):
+    """The same rule for the inlines on a team's page (rows of that team): the team's
+    page is reachable only in scope; this narrows the inline's own permissions and
+    choices the same way, in case an inline is used elsewhere."""
+
+    def _parent_in_scope(self, request: HttpRequest, parent: Any) -> bool:
+        """Whether the user reaches the team ``parent`` (``None``: some team)."""
+        teams = administered_teams(request)
+        if teams is None:
+            return True
+        return bool(teams) if parent is None else parent.pk in teams
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        teams = administered_teams(request)
+        return queryset if teams is None else queryset.filter(team__in=teams)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_view_permission(request, obj) and self._parent_in_scope(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and self._parent_in_scope(request, obj)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any) -> bool:  # type: ignore[override]
+        return super().has_add_permission(request, obj) and self._parent_in_scope(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and self._parent_in_scope(request, obj)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        return super().formfield_for_foreignkey(
+            db_field, request, **_scoped_choices(self.admin_site, db_field, request, kwargs)
+        )
+
+
+class TeamListFilter(admin.RelatedFieldListFilter):
+    """A team filter listing only the teams the user reaches (not every team's name)."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        teams = administered_teams(request)
+        if teams is None:
+            return field.get_choices(include_blank=False, ordering=ordering)
+        return field.get_choices(
+            include_blank=False, limit_choices_to={"pk__in": teams}, ordering=ordering
+        )
+
+
+# -- secrets: webhook URLs ------------------------------------------------------------------
+
+
+def webhook_summary(url: str) -> str:
+    """What the admin shows of a stored webhook URL: its scheme and host only (the path
+    and query often carry a token: Slack, Teams)."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(set; not shown)"
+    if not parts.scheme or not host:
+        return "(set; not shown)"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}/…"
+
+
+def _https_by_default(db_field: Any, **kwargs: Any) -> Any:
+    """Form fields of the budget form (a URL without a scheme is https)."""
+    if isinstance(db_field, models.URLField) and django.VERSION >= (5, 0):
+        kwargs.setdefault("assume_scheme", "https")
+    return db_field.formfield(**kwargs)
+
+
+class BudgetForm(forms.ModelForm):
+    """A budget's form: a saved webhook URL is never sent back to the browser. Its field
+    becomes "replace": empty keeps the stored URL, a URL replaces it, and
+    ``remove_webhook`` clears it."""
+
+    remove_webhook = forms.BooleanField(required=False, label="Remove webhook")
+
+    class Meta:
+        model = Budget
+        fields = (
+            "team",
+            "feature",
+            "period",
+            "limit_usd",
+            "alert_threshold_percent",
+            "action",
+            "webhook_url",
+        )
+        formfield_callback = _https_by_default
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stored_webhook = self.instance.webhook_url if self.instance.pk else ""
+        field = self.fields.get("webhook_url")
+        if field is not None and self._stored_webhook:
+            self.initial["webhook_url"] = ""
+            field.label = "Replace webhook URL"
+            field.help_text = (
+                f"A webhook is set ({webhook_summary(self._stored_webhook)}); its URL is "
+                "not shown. Leave this empty to keep it."
+            )
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        if "webhook_url" in self.fields:
+            if data.get("remove_webhook"):
+                data["webhook_url"] = ""
+            elif not data.get("webhook_url") and self._stored_webhook:
+                data["webhook_url"] = self._stored_webhook
+        return data
+
+
+class WebhookFieldsMixin:
+    """The webhook columns of a budget form: on a saved budget the masked URL (read-only)
+    and the replace / remove fields; to someone who can only view, the masked URL alone."""
+
+    @admin.display(description="webhook")
+    def webhook(self, obj: Budget) -> str:
+        return webhook_summary(obj.webhook_url) if obj and obj.pk else ""
+
+    def webhook_fields(self, request: HttpRequest, obj: Any, editable: bool) -> tuple[str, ...]:
+        if not editable:
+            return ("webhook",)
+        if obj is None:
+            return ("webhook_url",)
+        return ("webhook", "webhook_url", "remove_webhook")
+
+
 # -- events -------------------------------------------------------------------------------
 
 
@@ -39,7 +339,7 @@ class ModelListFilter(admin.SimpleListFilter):
     parameter_name = "model"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        events = Event.objects.all()
+        events = model_admin.get_queryset(request)  # the user's teams' models only
         # "provider" since Django 5.0, "provider__exact" before.
         provider = request.GET.get("provider") or request.GET.get("provider__exact")
         if provider:
@@ -54,7 +354,7 @@ class ModelListFilter(admin.SimpleListFilter):
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(TeamScopedAdmin):
     """Events are written only by the recorder: viewable, never added, changed or deleted."""
 
     list_display = (
@@ -74,7 +374,7 @@ class EventAdmin(admin.ModelAdmin):
         ModelListFilter,
         "status",
         "feature",
-        "team",
+        ("team", TeamListFilter),
         "source",
         "streamed",
     )
@@ -182,7 +482,7 @@ def _plain_decimal(value: Decimal) -> str:
 # -- teams --------------------------------------------------------------------------------
 
 
-class TeamMembershipInline(admin.TabularInline):
+class TeamMembershipInline(TeamScopedInline, admin.TabularInline):
     model = TeamMembership
     extra = 1
     # raw_id rather than autocomplete: autocomplete needs an admin with search_fields for
@@ -211,30 +511,45 @@ class BudgetStateMixin:
         return format_html('<strong style="color:{}">{}%</strong>', colour, percent)
 
 
-class BudgetInline(BudgetStateMixin, admin.TabularInline):
+class BudgetInline(WebhookFieldsMixin, BudgetStateMixin, TeamScopedInline, admin.TabularInline):
     model = Budget
+    form = BudgetForm
     extra = 0
-    fields = (
-        "feature",
-        "period",
-        "limit_usd",
-        "alert_threshold_percent",
-        "action",
-        "webhook_url",
-        "spent_now",
-        "reserved_now",
-        "percent_now",
-    )
-    readonly_fields = ("spent_now", "reserved_now", "percent_now")
+    readonly_fields = ("webhook", "spent_now", "reserved_now", "percent_now")
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # obj is the team: one set of columns for all its budgets. Without the change
+        # permission the existing rows are shown read-only: the masked URL only.
+        editable = self.has_change_permission(request, obj)
+        return (
+            "feature",
+            "period",
+            "limit_usd",
+            "alert_threshold_percent",
+            "action",
+            *self.webhook_fields(request, obj, editable),
+            "spent_now",
+            "reserved_now",
+            "percent_now",
+        )
+
     formfield_overrides = {
         models.URLField: {"assume_scheme": "https"} if django.VERSION >= (5, 0) else {}
     }
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(TeamScopedAdmin):
+    """A team admin edits their teams (name, members, budgets); creating and deleting
+    teams is site-wide: superusers only."""
+
+    team_path = "pk"
+    team_admins_add = False
+    team_admins_delete = False
     list_display = ("name", "slug", "member_count", "created_at")
     search_fields = ("name", "slug")
+    # (Meta.ordering doesn't apply to the annotated queryset: the autocomplete pages it.)
+    ordering = ("name", "pk")
     prepopulated_fields = {"slug": ("name",)}
     inlines = (TeamMembershipInline, BudgetInline)
 
@@ -250,16 +565,17 @@ class TeamAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(TeamScopedAdmin):
     """Keys are created here with a generated secret that is shown once; only its hash is
     stored (and never displayed). A key's team cannot change; revoke it instead."""
 
     list_display = ("display_prefix", "name", "team", "created_at", "last_used_at", "revoked_at")
-    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "team")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter), ("team", TeamListFilter))
     search_fields = ("name", "prefix", "team__name", "team__slug")
     list_select_related = ("team",)
     autocomplete_fields = ("team",)
     actions = ("revoke_keys",)
+    secret_fields = ("hashed_key",)
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
@@ -317,7 +633,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(TeamScopedAdmin):
+    """Price overrides apply to every team's calls: superusers only."""
+
+    team_path = None
     list_display = (
         "provider",
         "model",
@@ -348,7 +667,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
 
 @admin.register(Budget)
-class BudgetAdmin(BudgetStateMixin, admin.ModelAdmin):
+class BudgetAdmin(WebhookFieldsMixin, BudgetStateMixin, TeamScopedAdmin):
     list_display = (
         "team",
         "feature",
@@ -360,18 +679,39 @@ class BudgetAdmin(BudgetStateMixin, admin.ModelAdmin):
         "alert_threshold_percent",
         "action",
     )
-    list_filter = ("period", "action", "team")
+    list_filter = ("period", "action", ("team", TeamListFilter))
     search_fields = ("team__name", "team__slug", "feature")
     list_select_related = ("team",)
     autocomplete_fields = ("team",)
+    form = BudgetForm
+    secret_fields = ("webhook_url",)
+    readonly_fields = ("webhook",)
     # Webhook URLs are https; also silences Django 5's "default scheme will change" warning.
     formfield_overrides = {
         models.URLField: {"assume_scheme": "https"} if django.VERSION >= (5, 0) else {}
     }
 
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        editable = (
+            self.has_add_permission(request)
+            if obj is None
+            else self.has_change_permission(request, obj)
+        )
+        stored = obj is not None and bool(obj.webhook_url)
+        return (
+            "team",
+            "feature",
+            "period",
+            "limit_usd",
+            "alert_threshold_percent",
+            "action",
+            *self.webhook_fields(request, obj if stored else None, editable),
+        )
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows FluxGate writes itself: listed for people, never edited by hand."""
+
+class ReadOnlyAdmin(TeamScopedAdmin):
+    """Rows FluxGate writes itself: listed for people, never edited by hand (a team
+    admin with the Django permission may delete their teams' rows)."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -392,7 +732,8 @@ class BudgetAlertAdmin(ReadOnlyAdmin):
         "limit_usd",
         "notified_at",
     )
-    list_filter = ("kind", "threshold_percent", "budget__team")
+    list_filter = ("kind", "threshold_percent", ("budget__team", TeamListFilter))
+    team_path = "budget__team"
     list_select_related = ("budget__team",)
     date_hierarchy = "created_at"
 
@@ -408,7 +749,7 @@ class SpendAnomalyAdmin(ReadOnlyAdmin):
         "baseline_usd",
         "blocked_until",
     )
-    list_filter = ("team",)
+    list_filter = (("team", TeamListFilter),)
     list_select_related = ("team",)
     date_hierarchy = "created_at"
 
@@ -419,7 +760,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     ``recording.quarantine``): listed and filtered by team like events, never edited."""
 
     list_display = ("quarantined_at", "tracking_id", "team", "provider", "model", "feature")
-    list_filter = ("team", "provider", "source")
+    list_filter = (("team", TeamListFilter), "provider", "source")
     search_fields = ("tracking_id", "feature", "model", "reason")
     list_select_related = ("team",)
     date_hierarchy = "quarantined_at"
