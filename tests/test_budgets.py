@@ -362,9 +362,14 @@ def test_reconcile_rebuilds_spend_from_events(client, fake, team, capsys):
     with tracking_context(team="search"):
         for _ in range(3):
             client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=100)
-        # A stream read without usage: the budget is charged the reservation's estimate.
+        # A stream read without usage (include_usage=False: the caller's choice): the
+        # budget is charged the reservation's estimate.
         stream = client.chat.completions.create(
-            model="gpt-4o", messages=MSGS, max_tokens=100, stream=True
+            model="gpt-4o",
+            messages=MSGS,
+            max_tokens=100,
+            stream=True,
+            stream_options={"include_usage": False},
         )
         list(stream)
     counter = SpendCounter.objects.get(budget=budget)
