@@ -656,10 +656,26 @@ class ModelPriceAdmin(TeamScopedAdmin):
             {
                 "description": "USD per million tokens. They apply to the next tracked call, "
                 "instead of the genai-prices data. Empty cache prices fall back to the "
-                "input price.",
+                "input price, a 1-hour cache write to the cache-write price.",
                 "fields": (
                     ("input_per_mtok", "output_per_mtok"),
-                    ("cache_read_per_mtok", "cache_write_per_mtok"),
+                    ("cache_read_per_mtok", "cache_write_per_mtok", "cache_write_1h_per_mtok"),
+                ),
+            },
+        ),
+        (
+            "Long-context tier",
+            {
+                "description": "Over this many input tokens (cache included), the tier's "
+                "prices apply to every token of the request.",
+                "fields": (
+                    "tier_threshold_tokens",
+                    ("tier_input_per_mtok", "tier_output_per_mtok"),
+                    (
+                        "tier_cache_read_per_mtok",
+                        "tier_cache_write_per_mtok",
+                        "tier_cache_write_1h_per_mtok",
+                    ),
                 ),
             },
         ),

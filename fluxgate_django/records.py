@@ -55,6 +55,8 @@ class CostSource(str, Enum):
     GENAI_PRICES = "genai-prices"
     #: Priced from a ``ModelPrice`` row (negotiated or self-hosted prices).
     OVERRIDE = "override"
+    #: Priced from FluxGate's corrections to genai-prices' data (``price_supplement``).
+    SUPPLEMENT = "supplement"
     #: The provider reported the call's cost itself (OpenRouter's ``usage.cost``).
     PROVIDER_REPORTED = "provider-reported"
     #: The context's ``openrouter_cost``.

@@ -364,7 +364,8 @@ GENAI_USAGES = [
         ("gemini", "google", "gemini-2.5-pro", None, None),
         ("openai", "openai", "gpt-4o", "batch", None),
         ("openai", "openai", "gpt-4o", "priority", None),
-        ("openai", "openai", "o3", None, "2025-05-01T00:00:00+00:00"),
+        # (before 2025-04-16: the supplement corrects o3's cached input from then to 06-10)
+        ("openai", "openai", "o3", None, "2025-04-15T00:00:00+00:00"),
         ("openai", "openai", "o3", "flex", None),
     ],
 )
@@ -459,16 +460,17 @@ def test_time_of_day_prices_are_keyed_by_the_time_of_day():
 
 
 def test_a_tier_price_is_used_only_from_the_date_the_data_has_it():
-    # genai-prices has gpt-4o's own batch prices from 2026-10-14: before, the multiplier.
+    # genai-prices has o3's own batch prices from 2026-10-14: before, the multiplier.
     usage = Usage(1000, 500, cache_read_tokens=200)
     at = dt.datetime(2026, 10, 14, tzinfo=dt.timezone.utc)
     before = calculate_cost(
-        "openai", "gpt-4o", usage, service_tier="batch", at=at - dt.timedelta(seconds=1)
+        "openai", "o3", usage, service_tier="batch", at=at - dt.timedelta(seconds=1)
     )
-    on = calculate_cost("openai", "gpt-4o", usage, service_tier="batch", at=at)
-    # before: $0.00725 x 0.5; on: (800 x $1.25 + 200 x $1.25 + 500 x $5) / 1M
-    assert (before.usd, before.source) == (Decimal("0.003625"), "genai-prices+batch*0.5")
-    assert (on.usd, on.source) == (Decimal("0.00375"), "genai-prices+batch")
+    on = calculate_cost("openai", "o3", usage, service_tier="batch", at=at)
+    # before: o3 standard ($2 / $0.50 cached / $8) x 0.5: (800 x $1 + 200 x $0.25 + 500 x $4) / 1M
+    # on: o3 Batch $1 / $4, no batch cached rate so cached at $0.50: (800 + 100 + 2000) / 1M
+    assert (before.usd, before.source) == (Decimal("0.00285"), "genai-prices+batch*0.5")
+    assert (on.usd, on.source) == (Decimal("0.0029"), "genai-prices+batch")
     assert CostSource.of(before.source) is CostSource.of(on.source) is CostSource.GENAI_PRICES
 
 

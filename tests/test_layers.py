@@ -37,7 +37,10 @@ LAYERS: list[tuple[str, list[str]]] = [
         "models",
         [r"fluxgate_django\.models(\..+)?", r"fluxgate_django\.reports\.(histogram|managers)"],
     ),
-    ("pricing, teams, media tokens", [r"fluxgate_django\.(pricing|teams|media_tokens)"]),
+    (
+        "pricing, teams, media tokens",
+        [r"fluxgate_django\.(pricing|price_rates|price_supplement|teams|media_tokens)"],
+    ),
     (
         "budget counters and ledger, estimates, alerts, runaway, rollups, retention",
         [

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -14,28 +15,63 @@ from ..records import Source, Status
 from .teams import Team
 
 
+def _price_field(verbose_name: str, help_text: str = "", *, required: bool = False) -> Any:
+    """A price in USD per million tokens (``ModelPrice.clean`` refuses a negative one)."""
+    return models.DecimalField(
+        verbose_name,
+        max_digits=14,
+        decimal_places=6,
+        null=not required,
+        blank=not required,
+        help_text=help_text,
+    )
+
+
 class ModelPrice(models.Model):
     """A negotiated or self-hosted price that overrides genai-prices for one model.
 
-    Prices are USD per million tokens. Empty cache prices fall back to the input price.
+    Prices are USD per million tokens. Empty cache prices fall back: a cache read or a
+    cache write to the input price, a 1-hour cache write to the (5-minute) cache-write
+    price. With ``tier_threshold_tokens`` set, a request whose total input (cache reads
+    and writes included) is over it pays the tier prices on *every* token (long-context
+    pricing, as Anthropic and Google bill it); empty tier cache prices fall back the same
+    way to the tier's prices.
     """
 
     provider = models.CharField(max_length=50)
     model = models.CharField(max_length=200)
-    input_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, validators=[MinValueValidator(0)]
+    input_per_mtok = _price_field("input per MTok", required=True)
+    output_per_mtok = _price_field("output per MTok", required=True)
+    cache_read_per_mtok = _price_field("cache read per MTok", "Empty: the input price.")
+    cache_write_per_mtok = _price_field(
+        "cache write per MTok", "5-minute cache writes. Empty: the input price."
     )
-    output_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, validators=[MinValueValidator(0)]
+    cache_write_1h_per_mtok = _price_field(
+        "1-hour cache write per MTok", "Empty: the cache-write price."
     )
-    cache_read_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
+    tier_threshold_tokens = models.PositiveIntegerField(
+        "long-context tier over (input tokens)",
+        null=True,
+        blank=True,
+        help_text="A request with more input tokens than this (cache included) pays the "
+        "tier prices below on every token. Empty: no tier.",
     )
-    cache_write_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(0)]
-    )
+    tier_input_per_mtok = _price_field("tier input per MTok")
+    tier_output_per_mtok = _price_field("tier output per MTok")
+    tier_cache_read_per_mtok = _price_field("tier cache read per MTok")
+    tier_cache_write_per_mtok = _price_field("tier cache write per MTok")
+    tier_cache_write_1h_per_mtok = _price_field("tier 1-hour cache write per MTok")
     note = models.CharField(max_length=200, blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
+
+    #: The tier's prices, each with the base price it stands for above the threshold.
+    TIER_FIELDS = (
+        ("tier_input_per_mtok", "input_per_mtok"),
+        ("tier_output_per_mtok", "output_per_mtok"),
+        ("tier_cache_read_per_mtok", "cache_read_per_mtok"),
+        ("tier_cache_write_per_mtok", "cache_write_per_mtok"),
+        ("tier_cache_write_1h_per_mtok", "cache_write_1h_per_mtok"),
+    )
 
     class Meta:
         constraints = [
@@ -44,6 +80,40 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model}"
+
+    def clean(self) -> None:
+        """Refuse an override that would price calls wrongly without saying so: a negative
+        price, a name that can't match a call, a tier that is half set."""
+        errors: dict[str, list[str]] = {}
+
+        def error(field: str, message: str) -> None:
+            errors.setdefault(field, []).append(message)
+
+        for field in ("provider", "model"):
+            value = getattr(self, field) or ""
+            if value != value.strip():
+                error(field, "No leading or trailing spaces: calls are matched exactly.")
+        for field in (f.name for f in self._meta.fields if f.name.endswith("_per_mtok")):
+            value = getattr(self, field)
+            if isinstance(value, Decimal) and (not value.is_finite() or value < 0):
+                error(field, "A price can't be negative.")
+        tier_prices = {f: getattr(self, f) for f, _ in self.TIER_FIELDS}
+        if self.tier_threshold_tokens is None:
+            for field, value in tier_prices.items():
+                if value is not None:
+                    error(field, "A tier price needs the tier's threshold (input tokens).")
+        else:
+            if self.tier_threshold_tokens <= 0:
+                error("tier_threshold_tokens", "The threshold must be at least 1 token.")
+            for field in ("tier_input_per_mtok", "tier_output_per_mtok"):
+                if tier_prices[field] is None:
+                    error(field, "A tier needs its input and output prices.")
+            for field, base in self.TIER_FIELDS:
+                if getattr(self, base) is not None and tier_prices[field] is None:
+                    # Else the tier would charge these tokens at the tier's input price.
+                    error(field, "Give the tier's price too, as the base one is set.")
+        if errors:
+            raise ValidationError(errors)
 
 
 class EventQuerySet(models.QuerySet["Event"]):
