@@ -145,13 +145,26 @@ def _run_and_close(func: Any, arg: int, attempts: int = 5) -> None:
 
 
 def _admin_emails(team: Any) -> list[str]:
+    """The e-mail addresses of the team's admins (none if the user model has no e-mail
+    field: ``EMAIL_FIELD``, default ``email``)."""
+    from django.contrib.auth import get_user_model
+    from django.core.exceptions import FieldDoesNotExist
+
     from .models import TeamMembership
 
-    return list(
-        TeamMembership.objects.filter(team=team, role=TeamMembership.Role.ADMIN)
-        .exclude(user__email="")
-        .values_list("user__email", flat=True)
-    )
+    User = get_user_model()
+    field = User.get_email_field_name()
+    try:
+        User._meta.get_field(field)
+    except FieldDoesNotExist:
+        return []
+    return [
+        email
+        for email in TeamMembership.objects.filter(
+            team=team, role=TeamMembership.Role.ADMIN
+        ).values_list(f"user__{field}", flat=True)
+        if email
+    ]
 
 
 def send_anomaly_notifications(anomaly_id: int) -> None:

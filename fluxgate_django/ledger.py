@@ -37,6 +37,7 @@ from .counters import (
     charge,
     counters_alias,
     forget_tokens,
+    outside_callers_transaction,
     settle_counters,
     settle_once,
     settlement_for,
@@ -239,7 +240,9 @@ class _Settler:
         reservation = record.budget_reservation
         assert reservation is not None
         try:
-            settle_once([record])  # (one statement: once, however often it is retried)
+            # (One statement: once, however often it is retried; not in a transaction of
+            # the caller's, whose rollback would undo it while the event is stored.)
+            outside_callers_transaction(lambda: settle_once([record]))
         except (DatabaseError, InterfaceError):
             logger.warning(
                 "FluxGate could not settle a budget reservation now; it is settled when "
@@ -275,18 +278,13 @@ class _Settler:
 settler = _Settler()
 
 
-def reconcile(budget: Any, *, release_reservations: bool = False) -> Any:
-    """Recompute a budget's current-window spend from its events.
+def window_spend(budget: Any, start: dt.date) -> Decimal:
+    """What the budget's stored events in the window starting on ``start`` cost: their
+    priced costs plus the estimates charged for unpriced ones (``note_estimate_charges``),
+    read on the counters' database (not a replica that may lag)."""
+    from .models import Event
 
-    For after a database crash lost the last counter updates (see ``counters._NO_WAIT``),
-    or to free reservations left by processes killed mid-call (only when no call is in
-    flight). Returns the counter.
-    """
-    from .models import Event, SpendCounter
-
-    start = window_start(budget.period)
     lower, upper = window_bounds(budget.period, start)
-    # (The events as written, on the counters' database: not a replica that may lag.)
     events = Event.objects.using(counters_alias()).filter(
         team_id=budget.team_id, created_at__gte=lower, created_at__lt=upper
     )
@@ -301,7 +299,21 @@ def reconcile(budget: Any, *, release_reservations: bool = False) -> Any:
         ),
         Decimal(0),
     )
-    counter, _ = SpendCounter.objects.get_or_create(
+    return priced + estimated
+
+
+def reconcile(budget: Any, *, release_reservations: bool = False) -> Any:
+    """Recompute a budget's current-window spend from its events.
+
+    For after a database crash lost the last counter updates (see ``counters._NO_WAIT``),
+    or to free reservations left by processes killed mid-call (only when no call is in
+    flight). Returns the counter.
+    """
+    from .models import SpendCounter
+
+    start = window_start(budget.period)
+    spent = window_spend(budget, start)
+    counter, _ = SpendCounter.objects.db_manager(counters_alias()).get_or_create(
         budget=budget,
         window_start=start,
         defaults={
@@ -309,7 +321,7 @@ def reconcile(budget: Any, *, release_reservations: bool = False) -> Any:
             "blocking": budget.action == "block",
         },
     )
-    counter.spent_units = to_units(priced + estimated)
+    counter.spent_units = to_units(spent)
     fields = ["spent_units"]
     if release_reservations:
         counter.reserved_units = 0
@@ -318,18 +330,62 @@ def reconcile(budget: Any, *, release_reservations: bool = False) -> Any:
     return counter
 
 
+def open_current_window(budget: Any) -> Any:
+    """The counter of a new budget's current window, counting what the window has already
+    spent (the team's, or the feature's, stored events since the window began): a budget
+    added on the 20th of the month starts at the month's spend so far, not at $0. Returns
+    the counter (an existing one is left as it is), or None when the window has spent
+    nothing yet (its counter is then created by the first call, as usual)."""
+    from .models import SpendCounter
+
+    start = window_start(budget.period)
+    counters = SpendCounter.objects.db_manager(counters_alias())
+    existing = counters.filter(budget=budget, window_start=start).first()
+    if existing is not None:
+        return existing
+    spent = to_units(window_spend(budget, start))
+    if spent <= 0:
+        return None
+    counter, _ = counters.get_or_create(
+        budget=budget,
+        window_start=start,
+        defaults={
+            "limit_units": to_units(budget.limit_usd),
+            "blocking": budget.action == "block",
+            "spent_units": spent,
+        },
+    )
+    return counter
+
+
 def connect_signals() -> None:
-    """Keep counters' copied limits current and caches fresh as budgets change."""
+    """Keep counters' copied limits current and caches fresh as budgets change; a new
+    budget starts from its window's existing spend, and a budget saved over one of its
+    thresholds (created late, or its limit lowered) raises that threshold's alert."""
     from django.db.models.signals import post_delete, post_save
 
+    from .alerts import check_thresholds
     from .models import Budget, SpendCounter
 
-    def saved(sender: Any, instance: Any, **kwargs: Any) -> None:
-        SpendCounter.objects.filter(budget=instance).update(
+    def saved(sender: Any, instance: Any, created: bool = False, **kwargs: Any) -> None:
+        if kwargs.get("raw"):
+            return  # loaddata: the fixture's rows as they are
+        SpendCounter.objects.db_manager(counters_alias()).filter(budget=instance).update(
             limit_units=to_units(instance.limit_usd),
             blocking=instance.action == Budget.Action.BLOCK,
         )
         _cache.budgets.pop(instance.team_id, None)
+        if created:
+            counter = open_current_window(instance)
+        else:
+            counter = (
+                SpendCounter.objects.db_manager(counters_alias())
+                .filter(budget=instance, window_start=window_start(instance.period))
+                .first()
+            )
+        if counter is not None:
+            _cache.counters[(instance.id, counter.window_start)] = counter.id
+            check_thresholds([counter.id])
 
     def deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
         _cache.budgets.pop(instance.team_id, None)

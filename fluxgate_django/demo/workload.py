@@ -13,11 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.contrib.auth import get_user_model
-
-from .. import track_anthropic, track_openai, tracking_context
+from .. import BudgetExceeded, track_anthropic, track_openai, tracking_context
 from ..testing import FakeReply
-from .users import DEMO_USERS
+from .users import demo_user, team_of
 
 #: An OpenAI-compatible model served in-house: genai-prices cannot know its price.
 SELF_HOSTED_MODEL = "acme-llama-3.3-70b-instruct"
@@ -183,7 +181,7 @@ class Workload:
                 input="Review this diff:\n- rows = parse(x)\n+ rows = parse(x) or []",
             )
 
-        return Call("code-review", run, {"user": self._staff("alice"), "team": "search"}, reply)
+        return Call("code-review", run, {"user": demo_user("alice"), "team": "search"}, reply)
 
     def _translation(self, i: int) -> Call:
         """Help-centre translation on Claude Haiku, streamed with ``messages.stream()``."""
@@ -225,11 +223,6 @@ class Workload:
 
         return Call("ticket-triage", run, {"team": "support"}, reply)
 
-    @staticmethod
-    def _staff(username: str) -> Any:
-        User = get_user_model()
-        return User._default_manager.get(**{User.USERNAME_FIELD: username})
-
 
 def run_calls(
     plan: list[Call],
@@ -237,14 +230,15 @@ def run_calls(
     fake: Any,
     run_id: str,
     log: Callable[[str], Any] | None = None,
-) -> int:
+) -> tuple[int, int]:
     """Make the planned calls, tagged with ``run_id``; returns how many provider errors were
-    caught. ``fake``: the in-process fake provider (its replies are queued), or None.
-    ``log``: called with a line per call (and per caught error) when given."""
+    caught and how many calls a budget refused. ``fake``: the in-process fake provider
+    (its replies are queued), or None. ``log``: called with a line per call (and per
+    caught error) when given."""
     import anthropic
     import openai
 
-    caught = 0
+    caught = refused = 0
     with tracking_context(metadata={"demo_run": run_id}, tags=["demo"]):
         for index, call in enumerate(plan):
             if fake is not None and call.reply is not None:
@@ -253,7 +247,7 @@ def run_calls(
             if "user" not in context:
                 user = users[index % len(users)]
                 context["user"] = user
-                context.setdefault("team", DEMO_USERS[user.get_username()][0])
+                context.setdefault("team", team_of(user))
             with tracking_context(**context):
                 try:
                     call.run()
@@ -261,6 +255,14 @@ def run_calls(
                     caught += 1
                     if log is not None:
                         log(f"  {call.feature}: caught {type(exc).__name__}")
+                except BudgetExceeded:
+                    # (A rerun: a demo budget is exhausted. Not sent, so the reply queued
+                    # for it is not used: drop it, or the next call would get it.)
+                    refused += 1
+                    if fake is not None:
+                        fake.reset()
+                    if log is not None:
+                        log(f"  {call.feature}: refused by a budget")
             if log is not None:
                 log(f"  {index + 1:>4} {call.feature}")
-    return caught
+    return caught, refused

@@ -8,8 +8,14 @@ workload covers several features, teams and users; streams; prompt-cache reads a
 writes; reasoning tokens; embeddings; provider errors (500 and 429) that are caught; and
 a self-hosted model FluxGate has no price for (shown as "unpriced", never as $0).
 
+Before it, 30 days of history (``--days``) through the same record builder and recorder,
+with past timestamps, so that the report has a month to show; after it, a budget per team
+(one near its limit, one over it: their alerts are raised) and a call that the over-budget
+team's budget refuses.
+
 Also creates the teams, a few demo users and an ``admin`` superuser (password ``admin``)
-if it does not exist yet, so the admin can be browsed afterwards.
+if it does not exist yet, so the admin can be browsed afterwards. Works with any user
+model (a custom one without an e-mail field, or logging in by e-mail, too).
 
 The workload itself is in :mod:`fluxgate_django.demo`; this command parses the options,
 checks the database, runs it and prints the result.
@@ -24,9 +30,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, router
 
 from fluxgate_django import flush
+from fluxgate_django.alerts import wait_for_notifications
+from fluxgate_django.demo.budgets import format_budgets
 from fluxgate_django.demo.report import FeatureCost, cost_by_feature, format_cost_table
 from fluxgate_django.demo.runner import DemoError, run_demo
-from fluxgate_django.demo.users import ADMIN_PASSWORD, ADMIN_USERNAME
+from fluxgate_django.demo.users import ADMIN_PASSWORD, DemoUserError, admin_login
 from fluxgate_django.demo.workload import SELF_HOSTED_MODEL
 from fluxgate_django.models import Event
 
@@ -56,6 +64,19 @@ class Command(BaseCommand):
             dest="no_input",
             help="do not ask for confirmation",
         )
+        parser.add_argument(
+            "--days",
+            type=int,
+            default=30,
+            help="days of history to seed before today (default 30; days seeded by an "
+            "earlier run are not seeded again; 0: none)",
+        )
+        parser.add_argument(
+            "--no-budgets",
+            action="store_false",
+            dest="budgets",
+            help="do not create the demo budgets (nor make the call they refuse)",
+        )
         parser.add_argument("--seed", type=int, default=7, help="random seed of the workload")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -70,6 +91,8 @@ class Command(BaseCommand):
         self.verbosity = options["verbosity"]
         if calls < 1:
             raise CommandError("--calls must be at least 1")
+        if options["days"] < 0:
+            raise CommandError("--days must not be negative")
         self._check_migrated()
         if not options["no_input"] and sys.stdin.isatty() and not self._confirm(calls):
             self.stdout.write("Cancelled.")
@@ -80,19 +103,39 @@ class Command(BaseCommand):
                 calls,
                 seed=options["seed"],
                 fake_url=options["fake_url"],
+                days=options["days"],
+                budgets=options["budgets"],
                 log=self.stdout.write if self.verbosity >= 2 else None,
             )
-        except DemoError as exc:
+        except (DemoError, DemoUserError) as exc:
             raise CommandError(str(exc)) from exc
 
         if not flush(timeout=30):
             self.stderr.write("FluxGate did not finish writing events within 30 s.")
+        wait_for_notifications(timeout=10)
+        refused = f", {run.refused} refused by a budget" if run.refused else ""
+        if run.history is not None:
+            seeded = (
+                f"{run.history.events} past calls over {run.history.days} days"
+                if run.history.days
+                else "no new past calls"
+            )
+            before = (
+                f" ({run.history.skipped} days were seeded by an earlier run)"
+                if run.history.skipped
+                else ""
+            )
+            self.stdout.write(f"\nHistory: {seeded}{before}.")
         self.stdout.write(
-            f"\n{run.calls} LLM calls made ({run.caught} provider errors caught), plus "
+            f"\n{run.calls} LLM calls made ({run.caught} provider errors caught{refused}), plus "
             f"{run.routed} through LLMService routes (summarize, code-review, chat, "
             f"translation, with a fallback and an A/B test), run {run.run_id}.\n"
         )
         self.stdout.write(format_cost_table(cost_by_feature(run.run_id)))
+        if run.budgets:
+            self.stdout.write("\n" + format_budgets(run.budgets))
+        if run.refusal:
+            self.stdout.write(run.refusal)
         self._print_admin_hint(run.admin_created)
 
     def _check_migrated(self) -> None:
@@ -103,18 +146,20 @@ class Command(BaseCommand):
     def _confirm(self, calls: int) -> bool:
         name = connections[router.db_for_write(Event)].settings_dict["NAME"]
         answer = input(
-            f"This adds demo teams, users (and an '{ADMIN_USERNAME}' superuser if missing) and "
-            f"{calls} demo events to database {name!s}. Continue? [y/N] "
+            f"This adds demo teams, users (and an '{admin_login()}' superuser if missing), "
+            f"budgets, a month of past events and {calls} demo calls to database {name!s}. "
+            "Continue? [y/N] "
         )
         return answer.strip().lower() in ("y", "yes")
 
     def _print_admin_hint(self, admin_created: bool) -> None:
         if admin_created:
-            login = f"{ADMIN_USERNAME} / {ADMIN_PASSWORD} (just created)"
+            login = f"{admin_login()} / {ADMIN_PASSWORD} (just created)"
         else:
-            login = f"{ADMIN_USERNAME} (existing user, password unchanged)"
+            login = f"{admin_login()} (existing user, password unchanged)"
         self.stdout.write(
             f"\nAdmin login: {login}\nEvents: /admin/fluxgate_django/event/\n"
             "Cost report: /admin/fluxgate_django/costreport/ "
             "(A/B: ?compare=ab-test-gpt,ab-test-claude)\n"
+            "Budgets: /admin/fluxgate_django/budget/  Alerts: /admin/fluxgate_django/budgetalert/\n"
         )
