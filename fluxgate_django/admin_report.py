@@ -9,7 +9,7 @@ given, else the breakdown: what the page shows).
 
 It is the "Cost report" entry of the FluxGate app on the admin index (a proxy model's
 changelist). Who sees what (:func:`~fluxgate_django.reports.visible_teams`): the admin
-needs ``is_staff``; superusers and users with the ``view_event`` permission see every
+needs ``is_staff``; superusers see every
 team, a staff user who is an admin of some teams sees those teams only, and other staff
 users get a 403. All numbers come from :mod:`fluxgate_django.reports.queries`, the same
 functions ``manage.py fluxgate_report`` and the REST API call.

@@ -9,16 +9,15 @@ background thread — never on the caller's LLM call.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import urllib.request
 from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
+from . import webhooks
 from .celery_app import TASKS, celery_configured, site_celery_app
 from .conf import fluxgate_settings
 
@@ -231,7 +230,7 @@ def _send_budget_alert(alert: Any, send_mail: Any) -> None:
         send_mail(subject, body, fluxgate_settings.ALERT_FROM_EMAIL, recipients)
     if budget.webhook_url:
         _post_webhook(
-            budget.webhook_url,
+            budget,
             {
                 "type": "budget_threshold_crossed",
                 "team": budget.team.slug,
@@ -246,12 +245,11 @@ def _send_budget_alert(alert: Any, send_mail: Any) -> None:
         )
 
 
-def _post_webhook(url: str, payload: dict[str, Any]) -> None:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json", "User-Agent": "fluxgate-django"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=fluxgate_settings.ALERT_WEBHOOK_TIMEOUT):
-        pass
+def _post_webhook(budget: Any, payload: dict[str, Any]) -> None:
+    """The budget's webhook, signed, to a public address only (``webhooks.post``). A URL
+    refused now (it resolves inside the network) is logged, not retried: a retry would be
+    refused too; a failed delivery raises, so that the alert is sent again."""
+    try:
+        webhooks.post(budget.webhook_url, payload, secret=webhooks.site_secret())
+    except webhooks.UnsafeWebhook as exc:  # (the URL itself is not logged: it may hold a token)
+        logger.warning("FluxGate did not call the webhook of budget %s: %s", budget.pk, exc)

@@ -9,6 +9,8 @@
 * ``fluxgate.E014`` ``RETENTION_DAYS`` is not None or a non-negative whole number (a
   negative number puts the cutoff in the future: the retention task deletes every event)
 * ``fluxgate.E015`` ``UNKNOWN_TEAM`` is not ``"warn"``, ``"error"`` or ``"ignore"``
+* ``fluxgate.E016`` ``AUTH_FAILURE_RATE`` is not a rate (``"20/min"``) or None
+* ``fluxgate.E017`` ``WEBHOOK_ALLOWED_HOSTS`` is not a list of strings
 * ``fluxgate.W004`` a model (in ``MODELS`` or a route) that genai-prices has no price
   for, with the nearest names it knows: its calls would be recorded as unpriced
 * ``fluxgate.W005`` a ``PROVIDERS`` entry whose name is close to a built-in provider's
@@ -78,6 +80,7 @@ def check_settings_typos(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         *_check_booleans(raw),
         *_check_retention(raw),
         *_check_unknown_team(raw),
+        *_check_webhook_and_auth_settings(raw),
         *_check_provider_names(raw),
         *_check_priced_models(raw),
     ]
@@ -182,6 +185,30 @@ def _check_unknown_team(raw: Mapping[str, Any]) -> Iterator[Any]:
             "fluxgate.E015",
             'Use "warn" (the default: log each unknown team slug once), "ignore", or '
             '"error" (test suites only: a call naming an unknown team is refused).',
+        )
+
+
+def _check_webhook_and_auth_settings(raw: Mapping[str, Any]) -> Iterator[Any]:
+    from .api.throttling import parse_rate
+
+    if "AUTH_FAILURE_RATE" in raw:
+        try:
+            parse_rate(raw["AUTH_FAILURE_RATE"])
+        except ValueError as exc:
+            yield _error(
+                str(exc),
+                "fluxgate.E016",
+                "FLUXGATE['AUTH_FAILURE_RATE'] is failed API-key authentications per client "
+                "address: 'N/s', 'N/min', 'N/hour' or 'N/day', or None (no limit). A bad "
+                "value would fail every API request.",
+            )
+    hosts = raw.get("WEBHOOK_ALLOWED_HOSTS", [])
+    if not isinstance(hosts, list | tuple) or not all(isinstance(h, str) for h in hosts):
+        yield _error(
+            f"FLUXGATE['WEBHOOK_ALLOWED_HOSTS'] is {hosts!r}.",
+            "fluxgate.E017",
+            'A list of host names (".internal" for every name under it), addresses or '
+            'networks ("10.1.0.0/16").',
         )
 
 

@@ -9,7 +9,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
 
@@ -87,11 +86,8 @@ def make_world() -> World:
     admin_a = users.create_user("admin_a", "admin_a@example.com", "pw")
     member_a = users.create_user("member_a", "member_a@example.com", "pw")
     admin_b = users.create_user("admin_b", "admin_b@example.com", "pw")
-    staff = users.create_user("staff", "staff@example.com", "pw", is_staff=True)
-    # Site administrators: staff who may read every event (as in the admin report).
-    staff.user_permissions.add(
-        Permission.objects.get(codename="view_event", content_type__app_label="fluxgate_django")
-    )
+    # The site administrator: a superuser (staff with view_event are team members only).
+    staff = users.create_user("staff", "staff@example.com", "pw", is_staff=True, is_superuser=True)
     outsider = users.create_user("outsider", "outsider@example.com", "pw")
     TeamMembership.objects.create(user=admin_a, team=team_a, role="admin")
     TeamMembership.objects.create(user=member_a, team=team_a, role="member")

@@ -89,10 +89,7 @@ REPORT_GAP = (
     "visible_teams() treats view_event as 'every team': a team admin given view_event "
     "sees all teams in the cost report (fix: superusers only)"
 )
-KNOWN_GAPS = {
-    ("costreport", "changelist", None, role)
-    for role in ("admin_a", "admin_a_full", "member_a", "staff_noteam")
-}
+KNOWN_GAPS: set[tuple[str, str, None, str]] = set()  # (none now: kept for the next one)
 
 B_NAME = "Beta-Team-Qz"
 SECRET_A = "SECRET-TOKEN-ALPHA-7f3e"
@@ -530,7 +527,7 @@ def test_webhook_urls_show_scheme_and_host_only_and_can_be_replaced(world):
     budget_a.refresh_from_db()
     assert budget_a.webhook_url.endswith(SECRET_A)  # empty: kept
 
-    new = "https://chat.example.org/hook/NEW-TOKEN"
+    new = "https://93.184.216.34/hook/NEW-TOKEN"  # (a public address: no DNS needed here)
     assert client.post(url, {**data, "webhook_url": new}).status_code == 302
     budget_a.refresh_from_db()
     assert budget_a.webhook_url == new

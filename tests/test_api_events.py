@@ -280,33 +280,24 @@ def test_a_key_costs_no_query_once_found_and_a_revoked_one_is_refused(
         assert ApiKey.objects.get_from_secret(secret) is None
 
 
-def test_another_process_requests_count_within_the_sync_interval(w, monkeypatch):
-    """Each process adds its requests to the shared counters at most every SYNC_SECONDS
-    and reads the other processes' then: requests another process made (its counter
-    increments in the shared cache) are counted from this process's next sync on."""
+def test_another_process_requests_count_at_once(w, monkeypatch):
+    """Every request is an atomic increment of the shared counter: requests another
+    process made (its increments in the shared cache) count at once."""
     from django.core.cache import cache
 
-    from fluxgate_django.api import throttling
     from fluxgate_django.api.throttling import IngestRateThrottle
 
-    clock = [6000.0]
-    monkeypatch.setattr(IngestRateThrottle, "timer", lambda self: clock[0])
+    monkeypatch.setattr(IngestRateThrottle, "timer", lambda self: 6000.0)
     api = w.client("key_a")
-
-    def status_at(moment: float) -> int:
-        clock[0] = moment
-        return post_json(api, EVENTS, event_payload()).status_code
-
     rates = {"DEFAULT_THROTTLE_RATES": {"fluxgate_ingest": "3/min"}}
     with override_settings(REST_FRAMEWORK=rates):
-        assert status_at(6000.0) == 202  # synced: the shared count is 1
+        assert post_json(api, EVENTS, event_payload()).status_code == 202
         shared = f"throttle_fluxgate_ingest_key{w.key_a.pk}:100"
         assert cache.get(shared) == 1
-        cache.incr(shared, 2)  # another process's two requests, synced
-        assert status_at(6000.01) == 202  # within the interval: not seen yet
-        assert status_at(6000.01 + throttling.SYNC_SECONDS) == 429  # seen: 1 + 1 + 2 + 1
-        assert cache.get(shared) == 5  # this process's requests were added too
-    assert Event.objects.count() == 2
+        cache.incr(shared, 2)  # another process's two requests
+        assert post_json(api, EVENTS, event_payload()).status_code == 429  # 1 + 2 + 1 > 3
+        assert cache.get(shared) == 4  # refused requests count too
+    assert Event.objects.count() == 1
 
 
 def test_ingest_is_rate_limited_per_key(w):

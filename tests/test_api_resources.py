@@ -49,6 +49,9 @@ def admin(w):
         ({"action": "explode"}, "action", "not a valid choice"),
         ({"feature": "f" * 101}, "feature", "no more than 100 characters"),
         ({"webhook_url": "not a url"}, "webhook_url", "valid URL"),
+        ({"webhook_url": "http://93.184.216.34/hook"}, "webhook_url", "must use https"),
+        ({"webhook_url": "https://127.0.0.1/hook"}, "webhook_url", "public addresses"),
+        ({"webhook_url": "https://169.254.169.254/latest"}, "webhook_url", "public addresses"),
         ({"team": "nope"}, "team", "does not exist"),
         ({"team": None}, "team", "may not be null"),
         ({"team": "a\x00"}, "team", "Null characters"),  # PostgreSQL can't compare it

@@ -39,6 +39,7 @@ from fluxgate_django.models import (
 )
 from fluxgate_django.signals import budget_threshold_crossed, spend_anomaly_detected
 from fluxgate_django.testing import FakeReply
+from tests.helpers import fluxgate_overrides
 
 pytestmark = pytest.mark.django_db
 
@@ -260,11 +261,20 @@ def test_anthropic_and_async_clients_are_budgeted(
 
 @pytest.mark.django_db(transaction=True)  # notifications are sent from a thread
 def test_webhook_is_called_with_the_alert(client, fake, team):
+    """Signed (``X-FluxGate-Signature``), to an internal host only because the site
+    allows it (webhooks call public https addresses only: tests/test_webhooks.py)."""
+    from fluxgate_django import webhooks
+
     hits = []
+    signed = []
 
     class Hook(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
-            hits.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            hits.append(json.loads(body))
+            signed.append(
+                webhooks.verify(body, self.headers["X-FluxGate-Signature"], webhooks.site_secret())
+            )
             self.send_response(204)
             self.end_headers()
 
@@ -273,22 +283,24 @@ def test_webhook_is_called_with_the_alert(client, fake, team):
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    internal = {"WEBHOOK_ALLOW_HTTP": True, "WEBHOOK_ALLOWED_HOSTS": ["127.0.0.1"]}
     try:
-        Budget.objects.create(
-            team=team,
-            period="day",
-            limit_usd=Decimal("0.005"),
-            action="alert",
-            alert_threshold_percent=50,
-            webhook_url=f"http://127.0.0.1:{server.server_port}/hook",
-        )
-        fake.default_reply = CALL
-        with tracking_context(team="search"):
-            client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=100)
-        wait_for_notifications()
+        with fluxgate_overrides(**internal):
+            Budget.objects.create(
+                team=team,
+                period="day",
+                limit_usd=Decimal("0.005"),
+                action="alert",
+                alert_threshold_percent=50,
+                webhook_url=f"http://127.0.0.1:{server.server_port}/hook",
+            )
+            fake.default_reply = CALL
+            with tracking_context(team="search"):
+                client.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=100)
+            wait_for_notifications()
     finally:
         server.shutdown()
-    assert len(hits) == 1
+    assert len(hits) == 1 and signed == [True]
     assert hits[0]["threshold_percent"] == 50 and hits[0]["team"] == "search"
     assert Decimal(hits[0]["spent_usd"]) == CALL_COST
 
@@ -405,7 +417,6 @@ def test_spend_is_current_at_the_end_of_each_call_whatever_the_recorder(
     event (nothing flushed), each call's real cost is on the counter when the next call
     reserves, and writing the events later does not settle them twice."""
     import fluxgate_django
-    from tests.helpers import fluxgate_overrides
 
     budget = Budget.objects.create(team=team, period="day", limit_usd=Decimal("1"))
     fake.default_reply = CALL

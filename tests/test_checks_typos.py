@@ -213,7 +213,7 @@ def test_the_new_ids_are_used_by_no_other_check():
     new_ids = set(re.findall(r'id="(fluxgate\.[EW]\d{3})"', source)) | set(
         re.findall(r'"(fluxgate\.[EW]\d{3})"', source)
     )
-    assert new_ids == {f"fluxgate.E0{n}" for n in range(12, 16)} | {
+    assert new_ids == {f"fluxgate.E0{n}" for n in range(12, 18)} | {
         "fluxgate.W004",
         "fluxgate.W005",
     }
@@ -222,3 +222,24 @@ def test_the_new_ids_are_used_by_no_other_check():
             continue
         raised = set(re.findall(r'"(fluxgate\.[EW]\d{3})"', path.read_text()))
         assert not raised & new_ids, (path, raised & new_ids)
+
+
+@pytest.mark.parametrize(
+    "fluxgate, error",
+    [
+        ({"AUTH_FAILURE_RATE": "20 per minute"}, "fluxgate.E016"),
+        ({"AUTH_FAILURE_RATE": "x/min"}, "fluxgate.E016"),
+        ({"WEBHOOK_ALLOWED_HOSTS": "hooks.internal"}, "fluxgate.E017"),
+        ({"WEBHOOK_ALLOWED_HOSTS": [10]}, "fluxgate.E017"),
+    ],
+)
+def test_bad_auth_rate_and_webhook_hosts_are_errors(fluxgate, error):
+    from django.core.checks import run_checks
+    from django.test import override_settings
+
+    with override_settings(FLUXGATE=fluxgate):
+        ids = {message.id for message in run_checks()}
+    assert error in ids
+    with override_settings(FLUXGATE={"AUTH_FAILURE_RATE": "5/min", "WEBHOOK_ALLOWED_HOSTS": []}):
+        ids = {message.id for message in run_checks()}
+    assert not ids & {"fluxgate.E016", "fluxgate.E017"}

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             # Packages whose __init__ exports lazily: importing them imports nothing.
             r"fluxgate_django|fluxgate_django\.reports",
-            r"fluxgate_django\.(conf|context|records|outcomes|money|exceptions|errors)",
+            r"fluxgate_django\.(conf|context|records|outcomes|money|exceptions|errors|webhooks)",
             r"fluxgate_django\.(builder|signals|model_refs)",
         ],
     ),

@@ -405,6 +405,9 @@ AUDITED_SQL = {
         "SCALE_DECAY constant is this module's float), one fixed row of typed %s "
         "placeholders per (tracking id, counter) in a VALUES list; every value a parameter"
     ),
+    ("fluxgate_django/counters.py", "_in_ledger_thread", "execute"): (
+        "fixed SET lock_timeout = %s; the value (this module's constant) is a parameter"
+    ),
     ("fluxgate_django/counters.py", "_insert_tokens", "execute"): (
         "INSERT ... ON CONFLICT DO NOTHING into the quoted token table; the tracking id "
         "(a parsed UUID) and the time are parameters"

@@ -2,6 +2,10 @@
 
 The key is looked up by its public prefix and its hash compared in constant time
 (:meth:`~fluxgate_django.models.ApiKeyManager.get_from_secret`); revoked keys fail.
+Failed attempts are counted per client address
+(:class:`~fluxgate_django.api.throttling.AuthFailureThrottle`, ``AUTH_FAILURE_RATE``):
+past the limit, Bearer requests from that address are answered 429 with ``Retry-After``
+before their key is looked at.
 ``request.user`` becomes an :class:`ApiKeyPrincipal` (authenticated, not staff, no Django
 user behind it) and ``request.auth`` the :class:`~fluxgate_django.models.ApiKey`.
 """
@@ -10,14 +14,15 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.request import Request
 
 from ..models import ApiKey
+from .throttling import AuthFailureThrottle
 
 #: ``last_used_at`` is written at most this often per key (not on every request).
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
@@ -79,21 +84,36 @@ class ApiKeyAuthentication(BaseAuthentication):
         parts = get_authorization_header(request).split()
         if not parts or parts[0].lower() != self.keyword.lower().encode():
             return None
+        throttle = AuthFailureThrottle()
+        wait = throttle.wait(request)
+        if wait is not None:
+            raise Throttled(wait, _THROTTLED)
         if len(parts) != 2:
-            raise AuthenticationFailed("Invalid Authorization header: expected 'Bearer <api key>'.")
+            _refuse(throttle, request, "Invalid Authorization header: expected 'Bearer <api key>'.")
         try:
             secret = parts[1].decode("ascii")
         except UnicodeDecodeError:
             secret = ""
         key = ApiKey.objects.get_from_secret(secret) if _SECRET_SHAPE.fullmatch(secret) else None
         if key is None:
-            raise AuthenticationFailed("Invalid or revoked API key.")
+            _refuse(throttle, request, "Invalid or revoked API key.")
         _touch(key)
         return ApiKeyPrincipal(key), key
 
     def authenticate_header(self, request: Request) -> str:
         # Makes DRF answer 401 (with this challenge) rather than 403 when unauthenticated.
         return f'{self.keyword} realm="fluxgate"'
+
+
+_THROTTLED = "Too many failed API-key authentications from this address."
+
+
+def _refuse(throttle: AuthFailureThrottle, request: Request, message: str) -> NoReturn:
+    """Count the failure, then answer 401 (or 429 once past the limit)."""
+    wait = throttle.failed(request)
+    if wait is not None:
+        raise Throttled(wait, _THROTTLED)
+    raise AuthenticationFailed(message)
 
 
 def _touch(key: ApiKey) -> None:

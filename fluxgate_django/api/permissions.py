@@ -30,9 +30,9 @@ def api_key_of(request: Request) -> ApiKey | None:
 def is_staff(request: Request) -> bool:
     """A signed-in site administrator who sees every team (never an API key).
 
-    The same rule as the admin report (``reports.visible_teams``): a staff user who is a
-    superuser or holds ``fluxgate_django.view_event``. Other staff are treated as the
-    team members they are.
+    The same rule as the admin and its report (``reports.visible_teams``): a superuser.
+    Other staff — ``view_event`` holders included, which a team admin needs to see their
+    own team's events in the admin — are treated as the team members they are.
     """
     user = request.user
     return (
@@ -40,7 +40,7 @@ def is_staff(request: Request) -> bool:
         and bool(getattr(user, "is_authenticated", False))
         and bool(getattr(user, "is_active", False))
         and bool(getattr(user, "is_staff", False))
-        and (user.is_superuser or user.has_perm("fluxgate_django.view_event"))
+        and bool(user.is_superuser)
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Now
@@ -57,6 +59,28 @@ class Budget(models.Model):
     def __str__(self) -> str:
         scope = f"{self.team} / {self.feature}" if self.feature else str(self.team)
         return f"{scope}: ${self.limit_usd} per {self.period}"
+
+    #: The webhook URL as loaded from the database (None: a new budget).
+    _saved_webhook_url: str | None = None
+
+    @classmethod
+    def from_db(cls, *args: Any, **kwargs: Any) -> Budget:
+        instance = super().from_db(*args, **kwargs)
+        instance._saved_webhook_url = instance.__dict__.get("webhook_url")
+        return instance
+
+    def clean(self) -> None:
+        """A new webhook URL must be one FluxGate may call: https, to a public address
+        (``webhooks``; checked again at each call, so an unchanged one is not re-resolved
+        here: editing a budget does not depend on its webhook's DNS)."""
+        super().clean()
+        if self.webhook_url and self.webhook_url != getattr(self, "_saved_webhook_url", None):
+            from ..webhooks import UnsafeWebhook, check_url
+
+            try:
+                check_url(self.webhook_url)
+            except UnsafeWebhook as exc:
+                raise ValidationError({"webhook_url": str(exc)}) from None
 
     def current_counter(self) -> SpendCounter | None:
         """The spend counter of the window in force now (None before the first call)."""

@@ -110,14 +110,14 @@ _EMPTY_LABELS = {
 def visible_teams(user: Any) -> list[int] | None:
     """The team ids whose costs ``user`` may see; ``None`` means all of them.
 
-    Superusers and users with the ``fluxgate_django.view_event`` permission (they can
-    read every event in the admin anyway) see everything, events without a team
-    included. Anyone else sees the teams they are an admin of (``TeamMembership.role``
+    Superusers see everything, events without a team included (as in the admin, whose
+    pages scope everyone else by team: ``view_event`` only lets a team admin read their
+    own teams' events). Anyone else sees the teams they are an admin of (``TeamMembership.role``
     ``admin``), possibly none. Anonymous and inactive users see nothing.
     """
     if user is None or not user.is_authenticated or not user.is_active:
         return []
-    if user.is_superuser or user.has_perm("fluxgate_django.view_event"):
+    if user.is_superuser:
         return None
     from ..models import TeamMembership
 
