@@ -738,7 +738,7 @@ def test_a_forked_child_writes_its_events_with_its_own_thread(child_db):
     reports = dict(line.split(" ", 1) for line in out.splitlines() if line.split(" ")[0].isupper())
     child, parent = json.loads(reports["CHILD"]), json.loads(reports["PARENT"])
     assert parent["child_exit"] == 0
-    assert child["flushed"] and parent["flushed"]
+    assert child["flushed"] and parent["flushed"], (child, parent)
     assert child["pid"] != parent["pid"]
     # The child started its own writer threads and wrote only its own events with them ...
     assert not child["writer_is_parents"]

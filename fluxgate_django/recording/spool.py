@@ -48,6 +48,18 @@ logger = logging.getLogger("fluxgate.spool")
 _lock = threading.RLock()
 _pending: bool | None = None  # None: not looked yet in this process
 
+
+def _after_fork_in_child() -> None:
+    # A parent's thread may have held the lock at the fork (replaying, recovering a
+    # journal): the child's copy would stay locked for ever, and its recovery with it.
+    global _lock, _pending
+    _lock = threading.RLock()
+    _pending = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 #: Events this process could not spool because the spool was full (each drop is logged).
 dropped = 0
 #: Spool lines this process refused to replay (no valid MAC, unreadable; each logged).
