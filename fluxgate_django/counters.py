@@ -145,6 +145,13 @@ def outside_callers_transaction(work: Callable[[], T]) -> T:
         return work()
     if all(getattr(block, "_from_testcase", False) for block in conn.atomic_blocks):
         return work()  # (a test's transaction: what it made is visible only to it)
+    return in_ledger_thread(work).result()
+
+
+def in_ledger_thread(work: Callable[[], T]) -> concurrent.futures.Future[T]:
+    """Run ``work`` in this process's one ledger thread, on its own connection: for a
+    caller in a transaction (above), and for settlements on an event loop, where no
+    database I/O may happen (``ledger.settler``)."""
     global _executor
     with _executor_lock:
         if _executor is None:
@@ -152,7 +159,7 @@ def outside_callers_transaction(work: Callable[[], T]) -> T:
                 max_workers=1, thread_name_prefix="fluxgate-ledger"
             )
         executor = _executor
-    return executor.submit(_in_ledger_thread, alias, work).result()
+    return executor.submit(_in_ledger_thread, counters_alias(), work)
 
 
 def _in_ledger_thread(alias: str, work: Callable[[], T]) -> T:

@@ -19,6 +19,7 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -28,7 +29,6 @@ from typing import Any
 from django.db import (
     DatabaseError,
     InterfaceError,
-    connections,
 )
 from django.db.models import Sum
 
@@ -37,6 +37,7 @@ from .counters import (
     charge,
     counters_alias,
     forget_tokens,
+    in_ledger_thread,
     outside_callers_transaction,
     settle_counters,
     settle_once,
@@ -188,9 +189,14 @@ def settle_batch(records: Sequence[EventRecord]) -> list[int]:
     if not reserved:
         return []
     touched = {int(c) for r in reserved for c in r.budget_reservation["counters"]}  # type: ignore[index]
-    tried = [r for r in reserved if not _settled(r) and r.budget_reservation.get("attempted")]  # type: ignore[union-attr]
+    tried: list[EventRecord] = []  # (a settlement tried at the end of its call: by token)
+    untried: list[EventRecord] = []
+    for record in reserved:
+        if not _settled(record):
+            attempted = record.budget_reservation.get("attempted")  # type: ignore[union-attr]
+            (tried if attempted else untried).append(record)
     settle_once(tried)
-    settle_counters(settlement_for(r for r in reserved if not _settled(r) and r not in tried))
+    settle_counters(settlement_for(untried))
     forget_tokens(reserved)
     return sorted(touched)
 
@@ -205,13 +211,17 @@ def _settled(record: EventRecord) -> bool:
 class _Settler:
     """Settles reservations at the end of their call, so that spend is current within one
     call whatever the recorder: in the caller (one statement), or — on a running event
-    loop, where no database I/O may happen — in a thread of its own, within milliseconds.
-    A reservation check waits for this process's pending settlements first (off the loop),
-    so a sequential loop sees its previous call's real cost."""
+    loop, where no database I/O may happen — in the ledger thread (``counters``), within
+    milliseconds. A reservation check waits for this process's pending settlements first
+    (off the loop), so a sequential loop sees its previous call's real cost."""
 
     def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # (a parent's pending futures never end here)
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: set[concurrent.futures.Future[None]] = set()
 
     def settle(self, record: EventRecord) -> None:
@@ -225,14 +235,10 @@ class _Settler:
             self._settle(record)
             return
         with self._lock:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="fluxgate-settler"
-                )
             # Marked now, before the record can reach a writer: the write hook must not
             # settle it as well. (If this settlement fails, it is unmarked first.)
             record.budget_reservation = {**record.budget_reservation, "settled": True}
-            future = self._executor.submit(self._settle_in_thread, record)
+            future = in_ledger_thread(lambda: self._settle(record))
             self._pending.add(future)
         future.add_done_callback(self._done)
 
@@ -254,12 +260,6 @@ class _Settler:
             record.budget_reservation = {**reservation, "settled": False, "attempted": True}
             return
         record.budget_reservation = {**reservation, "settled": True}
-
-    def _settle_in_thread(self, record: EventRecord) -> None:
-        try:
-            self._settle(record)
-        finally:
-            connections.close_all()
 
     def _done(self, future: concurrent.futures.Future[None]) -> None:
         with self._lock:
