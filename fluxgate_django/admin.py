@@ -264,7 +264,9 @@ def webhook_summary(url: str) -> str:
 
 
 def _https_by_default(db_field: Any, **kwargs: Any) -> Any:
-    """Form fields of the budget form (a URL without a scheme is https)."""
+    """Form fields of the budget form (a URL without a scheme is https). The admin passes
+    its own callback, but the form's fields are made once when the class is defined,
+    where Django 5 warns of a URL field with no ``assume_scheme``."""
     if isinstance(db_field, models.URLField) and django.VERSION >= (5, 0):
         kwargs.setdefault("assume_scheme", "https")
     return db_field.formfield(**kwargs)

@@ -49,7 +49,8 @@ NESTED_OPTIONS: dict[str, frozenset[str]] = {
     "RUNAWAY_DETECTION": frozenset(DEFAULTS["RUNAWAY_DETECTION"]),
 }
 #: Settings that are True or False, and nothing else.
-BOOLEAN_SETTINGS = ("STORE_CONTENT", "BUDGET_FAIL_OPEN", "JOURNAL", "RAISE_ERRORS")
+#: Every True/False setting (from the defaults: a new one is checked without a list to keep).
+BOOLEAN_SETTINGS = tuple(name for name, value in DEFAULTS.items() if isinstance(value, bool))
 
 _OBJ = "settings.FLUXGATE"
 

@@ -318,7 +318,7 @@ def reconcile(budget: Any, *, release_reservations: bool = False) -> Any:
         window_start=start,
         defaults={
             "limit_units": to_units(budget.limit_usd),
-            "blocking": budget.action == "block",
+            "blocking": budget.action == budget.Action.BLOCK,
         },
     )
     counter.spent_units = to_units(spent)
@@ -331,9 +331,10 @@ def reconcile(budget: Any, *, release_reservations: bool = False) -> Any:
 
 
 def open_current_window(budget: Any) -> Any:
-    """The counter of a new budget's current window, counting what the window has already
-    spent (the team's, or the feature's, stored events since the window began): a budget
-    added on the 20th of the month starts at the month's spend so far, not at $0. Returns
+    """The counter of a budget's current window; a new one (a new budget, or a budget whose
+    period changed) counts what the window has already spent (the team's, or the
+    feature's, stored events since the window began): a budget added on the 20th of the
+    month starts at the month's spend so far, not at $0. Returns
     the counter (an existing one is left as it is), or None when the window has spent
     nothing yet (its counter is then created by the first call, as usual)."""
     from .models import SpendCounter
@@ -375,14 +376,8 @@ def connect_signals() -> None:
             blocking=instance.action == Budget.Action.BLOCK,
         )
         _cache.budgets.pop(instance.team_id, None)
-        if created:
-            counter = open_current_window(instance)
-        else:
-            counter = (
-                SpendCounter.objects.db_manager(counters_alias())
-                .filter(budget=instance, window_start=window_start(instance.period))
-                .first()
-            )
+        # (Created, or edited: a new period starts a window this budget has no counter of.)
+        counter = open_current_window(instance)
         if counter is not None:
             _cache.counters[(instance.id, counter.window_start)] = counter.id
             check_thresholds([counter.id])

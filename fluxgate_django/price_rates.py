@@ -5,7 +5,7 @@
 call is a few multiplications. ``ModelEntry`` is one genai-prices model as found for a
 (provider, model name), with the times at which its prices change; :func:`genai_rates`
 resolves its price for one (service tier, price period). Looking a model up in
-genai-prices costs ~100 µs: it is done once per model, never per call.
+genai-prices costs about a millisecond: it is done once per model, never per call.
 
 Django-free: ``pricing`` puts these together with ``ModelPrice`` overrides and the
 supplement (``price_supplement``).
@@ -158,9 +158,6 @@ class Corrected:
 
     def cost(self, usage: Usage) -> Decimal:
         return self.band(usage.input_tokens)[0].cost(usage)
-
-    def label_for(self, usage: Usage) -> str:
-        return self.priced(usage)[1]
 
     def priced(self, usage: Usage) -> tuple[Rates, str]:
         """The rates ``usage`` pays, and the label of its event."""
@@ -393,13 +390,6 @@ def genai_rates(entry: ModelEntry, at: dt.datetime, tier: str = "") -> Rates | T
         price_context=context,
     )
     return _price_source(calc.model_price)
-
-
-def context_window(provider: str, model: str) -> int | None:
-    """The model's context window in tokens (genai-prices data), or None if unknown."""
-    found = find_genai_model(provider, model)
-    window = getattr(found[0], "context_window", None) if found else None
-    return window if isinstance(window, int) and window > 0 else None
 
 
 def genai_snapshot() -> object:

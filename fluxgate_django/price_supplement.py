@@ -21,9 +21,10 @@ import datetime as dt
 from decimal import Decimal
 
 from .price_rates import Prices, Rates, TieredRates, price_source_of
+from .records import CostSource
 
 #: ``Event.cost_source`` of a call priced by a supplement row.
-SUPPLEMENT = "supplement"
+SUPPLEMENT = CostSource.SUPPLEMENT.value
 
 
 @dataclasses.dataclass(frozen=True)

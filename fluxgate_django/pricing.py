@@ -56,7 +56,7 @@ from .price_rates import (
     scaled,
 )
 from .price_supplement import corrections_for, in_force
-from .records import Usage
+from .records import CostSource, Usage
 
 __all__ = [
     "GENAI_PROVIDER_IDS",
@@ -83,7 +83,7 @@ _MAX_SOURCE_LENGTH = 50
 #: Tiers that are the standard price (OpenAI "default"/"auto", Anthropic "standard").
 _STANDARD_TIERS = frozenset({"default", "auto", "standard"})
 
-_OVERRIDE = "override"
+_OVERRIDE = CostSource.OVERRIDE.value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -133,7 +133,6 @@ class PriceBook:
         self._overrides_loaded_at: float | None = None
         self._loading = threading.Lock()
         self._warned: set[tuple[str, str]] = set()
-        self._windows: dict[tuple[str, str], int | None] = {}
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -208,20 +207,7 @@ class PriceBook:
         """The price of ``model`` at ``at`` (aware) without overrides: a supplement row
         (``Corrected``) or genai-prices' data; for a ``tier``, that tier's own prices, or
         None when neither has any then (the multiplier's case)."""
-        snapshot = genai_snapshot()
-        if snapshot is not self._snapshot:
-            # New price data (genai-prices' UpdatePrices, or a site's own snapshot).
-            self._models = {}
-            self._windows = {}
-            self._snapshot = snapshot
-        key = (provider, model)
-        entry = self._models.get(key)
-        if entry is None:
-            entry = self._find_model(provider, model)
-            if len(self._models) >= _MAX_CACHED_MODELS:
-                # Model names can come from API clients: keep the cache bounded.
-                self._models.clear()
-            self._models[key] = entry
+        entry = self._entry(provider, model)
         if not isinstance(entry, ModelEntry):
             return None
         price_key = (tier, entry.period(at))
@@ -234,6 +220,24 @@ class PriceBook:
             entry.prices.clear()  # (tier names can come from API clients too)
         entry.prices[price_key] = source
         return source
+
+    def _entry(self, provider: str, model: str) -> ModelEntry | object:
+        """The model's cached entry (its genai-prices model, its supplement rows and its
+        resolved prices), looked up once per model and price data."""
+        snapshot = genai_snapshot()
+        if snapshot is not self._snapshot:
+            # New price data (genai-prices' UpdatePrices, or a site's own snapshot).
+            self._models = {}
+            self._snapshot = snapshot
+        key = (provider, model)
+        entry = self._models.get(key)
+        if entry is None:
+            entry = self._find_model(provider, model)
+            if len(self._models) >= _MAX_CACHED_MODELS:
+                # Model names can come from API clients: keep the cache bounded.
+                self._models.clear()
+            self._models[key] = entry
+        return entry
 
     @staticmethod
     def _find_model(provider: str, model: str) -> ModelEntry | object:
@@ -267,13 +271,11 @@ class PriceBook:
         )
 
     def context_window(self, provider: str, model: str) -> int | None:
-        """The model's context window in tokens (genai-prices data), or None if unknown."""
-        key = (provider, model)
-        if key not in self._windows:
-            if len(self._windows) >= _MAX_CACHED_MODELS:
-                self._windows.clear()
-            self._windows[key] = price_rates.context_window(provider, model)
-        return self._windows[key]
+        """The model's context window in tokens (genai-prices data), or None if unknown
+        (from the entry its prices use: one lookup per model)."""
+        entry = self._entry(provider, model)
+        window = getattr(getattr(entry, "model", None), "context_window", None)
+        return window if isinstance(window, int) and window > 0 else None
 
     def _warn_unknown(self, provider: str, model: str) -> None:
         key = (provider, model)
@@ -367,12 +369,12 @@ def rates_from_model_price(row: Any) -> Rates | TieredRates:
         output=Decimal(row.output_per_mtok),
         cache_read=_decimal(row.cache_read_per_mtok),
         cache_write=_decimal(row.cache_write_per_mtok),
-        cache_write_1h=_decimal(getattr(row, "cache_write_1h_per_mtok", None)),
+        cache_write_1h=_decimal(row.cache_write_1h_per_mtok),
     )
     tiers = []
-    threshold = getattr(row, "tier_threshold_tokens", None)
-    tier_input = _decimal(getattr(row, "tier_input_per_mtok", None))
-    tier_output = _decimal(getattr(row, "tier_output_per_mtok", None))
+    threshold = row.tier_threshold_tokens
+    tier_input = _decimal(row.tier_input_per_mtok)
+    tier_output = _decimal(row.tier_output_per_mtok)
     if threshold is not None and tier_input is not None and tier_output is not None:
         tiers.append(
             (

@@ -57,12 +57,14 @@ _created: list[Any] = [None, set()]
 
 def count_written(batch: Any) -> None:
     """Write hook (after commit): feed runaway detection with a batch's spend per team and
-    feature."""
+    feature — of calls made within its window: an ingested or replayed event dated
+    earlier is not this minute's spend."""
     if not fluxgate_settings.RUNAWAY_DETECTION.get("enabled"):
         return
+    cutoff = timezone.now() - dt.timedelta(minutes=int(_options()["window_minutes"]))
     costs: dict[tuple[int, str], Any] = {}
     for record in batch.records:
-        if record.cost_usd is None:
+        if record.cost_usd is None or _before(record.created_at, cutoff):
             continue
         team_id = batch.team_id(record)
         if team_id is not None:
@@ -71,6 +73,13 @@ def count_written(batch: Any) -> None:
     # One conversion per team and feature, not per event (a heuristic's input: the
     # rounding of a sum rather than a sum of roundings is fine).
     record_spend({key: to_units(cost) for key, cost in costs.items()})
+
+
+def _before(created_at: Any, cutoff: dt.datetime) -> bool:
+    try:
+        return bool(created_at < cutoff)
+    except TypeError:  # (an aware time on a USE_TZ=False site, or the reverse: counted)
+        return False
 
 
 def record_spend(spend: dict[tuple[int, str], int], now: float | None = None) -> None:

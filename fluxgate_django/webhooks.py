@@ -42,7 +42,6 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -357,9 +356,7 @@ def post(
     payload: Any,
     *,
     secret: str,
-    timeout: float | None = None,
     ssl_context: ssl.SSLContext | None = None,
-    headers: Iterable[tuple[str, str]] = (),
 ) -> int:
     """POST ``payload`` as signed JSON to ``url``; its (2xx) status.
 
@@ -369,14 +366,12 @@ def post(
     system's trusted CAs with hostname verification.
     """
     target = vet(url)
-    if timeout is None:
-        timeout = float(fluxgate_settings.ALERT_WEBHOOK_TIMEOUT)
+    timeout = float(fluxgate_settings.ALERT_WEBHOOK_TIMEOUT)
     body = body_of(payload)
     sent_headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         SIGNATURE_HEADER: sign(body, secret),
-        **dict(headers),
     }
     context = ssl_context or ssl.create_default_context()
     last_error: Exception | None = None

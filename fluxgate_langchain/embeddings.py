@@ -87,8 +87,9 @@ class FluxGateEmbeddings(Embeddings):
         with contextlib.ExitStack() as stack:
             if self.context:
                 stack.enter_context(tracking_context(**self.context))
-            token = service_attempt.set(ServiceAttempt(Source.LANGCHAIN, 0))
-            stack.callback(service_attempt.reset, token)
+            if service_attempt.get() is None:  # (inside an LLMService attempt: its own)
+                token = service_attempt.set(ServiceAttempt(Source.LANGCHAIN, 0))
+                stack.callback(service_attempt.reset, token)
             yield
 
 

@@ -347,7 +347,7 @@ class FluxGateHandler(BaseCallbackHandler):
             ctx = self._context(md, tags, parent_run_id)
             run = LLMRun(run_id, parent_run_id, ctx, provider, requested, operation)
             if provider == "anthropic":
-                run.cache_ttls = cache_write_ttls(prompts, params)
+                run.request = (prompts, params)
             if sink.stores_content():
                 run.prompt = _prompt_content(prompts, chat)
             self._runs.put(run_id, run)
@@ -486,16 +486,19 @@ class FluxGateHandler(BaseCallbackHandler):
         rate, where the price is known). Never the 5m rate for writes that may be 1h."""
         from fluxgate_django.records import CostSource
 
-        if info.provider != "anthropic" or run.cache_ttls <= frozenset({"5m"}):
-            # Other providers have one write price; 5m is Anthropic's default TTL, and a
-            # breakpoint reaches the API only from the messages or the model's parameters
-            # (its kwargs, model_kwargs, bound tools), which are all seen here.
-            return extra
-        if run.cache_ttls == frozenset({"1h"}):
-            usage.cache_write_1h_tokens = usage.cache_write_tokens
+        # (Other providers have one write price: only Anthropic runs keep their request.)
+        ttls = cache_write_ttls(*run.request) if run.request else frozenset()
+        if ttls <= frozenset({"5m"}):
+            # 5m is Anthropic's default TTL, and a breakpoint reaches the API only from the
+            # messages or the model's parameters (its kwargs, model_kwargs, bound tools),
+            # which are all seen here.
             return extra
         all_1h = dataclasses.replace(usage, cache_write_1h_tokens=usage.cache_write_tokens)
-        bound = sink.upper_cost(run, info, (usage, all_1h))
+        if ttls == frozenset({"1h"}):
+            usage.cache_write_1h_tokens = usage.cache_write_tokens
+            return extra
+        # (The 1h rate is never below the 5m rate: every write at 1h is the bound.)
+        bound = sink.upper_cost(run, info, all_1h)
         info.usage_reported = False
         info.usage_missing_reason = CostSource.USAGE_INCOMPLETE.value
         extra = {**(extra or {}), "usage_incomplete": "cache_write_ttl"}

@@ -29,13 +29,13 @@ class LLMRun:
     """One chat model (or LLM) call in flight: what its event will be made of."""
 
     __slots__ = (
-        "cache_ttls",
         "ctx",
         "first_token_at",
         "operation",
         "parent_run_id",
         "prompt",
         "provider",
+        "request",
         "requested_model",
         "reservation",
         "run_id",
@@ -64,8 +64,9 @@ class LLMRun:
         self.prompt: Any = None
         self.first_token_at: float | None = None
         self.started = time.perf_counter()
-        #: The cache TTLs the request's ``cache_control`` breakpoints name (Anthropic).
-        self.cache_ttls: frozenset[str] = frozenset()
+        #: The request's messages and parameters (Anthropic: read for their cache TTLs
+        #: only when the usage has no TTL split, a streamed call).
+        self.request: tuple[Any, ...] = ()
 
     def record_fields(self) -> dict[str, Any]:
         """The ``make_record`` keywords that place the call in its LangChain run tree."""

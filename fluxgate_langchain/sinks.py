@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -80,9 +80,9 @@ class Sink(abc.ABC):
     def release(self, run: LLMRun) -> None:  # noqa: B027
         """The run ends without an event: free what :meth:`begin` reserved."""
 
-    def upper_cost(self, run: LLMRun, info: CallInfo, usages: Sequence[Usage]) -> Decimal | None:
-        """The most the run may have cost, for each of the ``usages`` it may have had
-        (None: not known here; a remote site is not asked)."""
+    def upper_cost(self, run: LLMRun, info: CallInfo, usage: Usage) -> Decimal | None:
+        """What the run costs with ``usage``, the most it may have had (None: not known
+        here; a remote site is not asked)."""
         return None
 
     @abc.abstractmethod
@@ -156,22 +156,15 @@ class DjangoSink(Sink):
         with _refusals_only("looking up the run's team"):
             await guard.aresolve_context(run.ctx)
 
-    def upper_cost(self, run: LLMRun, info: CallInfo, usages: Sequence[Usage]) -> Decimal | None:
-        """Each of ``usages`` priced as the run's event would be (the one pipeline's
-        pricing); the highest, or None when one has no price."""
+    def upper_cost(self, run: LLMRun, info: CallInfo, usage: Usage) -> Decimal | None:
+        """``usage`` priced as the run's event would be (the one pipeline's pricing)."""
         import dataclasses
 
         from fluxgate_django.pipeline import price_record
 
         priced = dataclasses.replace(info, usage_reported=True, reported_cost=None)
-        costs = []
         with self.guard("pricing a LangChain run's bound"):
-            for usage in usages:
-                cost = price_record(run_record(run, priced, usage)).cost_usd
-                if cost is None:
-                    return None
-                costs.append(cost)
-            return max(costs) if costs else None
+            return price_record(run_record(run, priced, usage)).cost_usd
         return None
 
     def release(self, run: LLMRun) -> None:

@@ -85,12 +85,6 @@ PAGES = [
 #: Cells where the code does not do what the threat model says yet: the cost report
 #: (admin_report.py, via reports.queries.visible_teams) shows every team to any staff
 #: user holding ``view_event``, team admins included. See docs/security.md, "Open gaps".
-REPORT_GAP = (
-    "visible_teams() treats view_event as 'every team': a team admin given view_event "
-    "sees all teams in the cost report (fix: superusers only)"
-)
-KNOWN_GAPS: set[tuple[str, str, None, str]] = set()  # (none now: kept for the next one)
-
 B_NAME = "Beta-Team-Qz"
 SECRET_A = "SECRET-TOKEN-ALPHA-7f3e"
 SECRET_B = "SECRET-TOKEN-BETA-91ac"
@@ -108,13 +102,8 @@ def _cells() -> list[Any]:
             if f"{APP}_{name}_{page}" not in names:
                 continue  # (the cost report has a changelist only)
             for role in ROLES:
-                marks = []
-                if (name, page, target, role) in KNOWN_GAPS:
-                    marks = [pytest.mark.xfail(strict=True, reason=REPORT_GAP)]
                 cells.append(
-                    pytest.param(
-                        name, page, target, role, marks=marks, id=f"{name}-{page}-{target}-{role}"
-                    )
+                    pytest.param(name, page, target, role, id=f"{name}-{page}-{target}-{role}")
                 )
     return cells
 

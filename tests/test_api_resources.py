@@ -125,6 +125,17 @@ def test_budget_spend_matches_ingested_events(w):
     assert shown["percent_used"] == "0.7"
 
 
+def test_an_unchanged_webhook_is_not_checked_again_but_a_new_one_is(admin, w):
+    """Editing a budget does not depend on its webhook's DNS (hooks.example.com resolves
+    nowhere here); a new URL is checked (a loopback address: refused)."""
+    budget = make_budget(w.team_a, webhook_url="https://hooks.example.com/T000/secret-token")
+    path = f"{API}budgets/{budget.pk}/"
+    same = {"limit_usd": "7", "webhook_url": budget.webhook_url}
+    assert patch_json(admin, path, same).status_code == 200
+    refused = patch_json(admin, path, {"webhook_url": "https://127.0.0.1/hook"})
+    assert refused.status_code == 400 and "public addresses" in str(refused.json())
+
+
 def test_webhook_urls_are_shown_only_to_the_team_managers(w):
     make_budget(w.team_a, webhook_url="https://hooks.example.com/T000/secret-token")
     for who, visible in [("admin_a", True), ("staff", True), ("member_a", False), ("key_a", False)]:

@@ -386,7 +386,7 @@ def test_to_records_builds_what_make_record_built_for_ingested_events():
             else:
                 compiled += 1
             events.append(event)
-        records = to_records(events, w.team_a, received_at, {})
+        records = to_records(events, w.team_a, received_at)
         assert len(records) == len(events)
         for record, event in zip(records, events, strict=True):
             assert_same_record(record, former_to_record(event, w.team_a, received_at), event)

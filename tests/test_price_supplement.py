@@ -14,9 +14,9 @@ import pytest
 
 from fluxgate_django import track_anthropic, track_gemini, track_openai, tracking_context
 from fluxgate_django.models import Event, ModelPrice
-from fluxgate_django.price_rates import ModelEntry, differences, find_genai_model, genai_rates
-from fluxgate_django.price_supplement import SUPPLEMENT_ROWS, corrections_for
-from fluxgate_django.pricing import calculate_cost, price_book
+from fluxgate_django.price_rates import Corrected, ModelEntry, find_genai_model
+from fluxgate_django.price_supplement import SUPPLEMENT_ROWS
+from fluxgate_django.pricing import PriceBook, calculate_cost, price_book
 from fluxgate_django.records import Usage
 from fluxgate_django.testing import FakeReply
 from tests.api_helpers import API, event_payload, make_world, post_json
@@ -261,13 +261,12 @@ def test_every_row_is_sourced_dated_and_still_needed(row):
     # It names genai-prices' model id (so aliases and snapshots are corrected too) ...
     found = find_genai_model(row.provider, row.model)
     assert found is not None and found[0].id == row.model
-    assert corrections_for(row.provider, row.model)
-    # ... and still differs from genai-prices where it applies: when a genai-prices
-    # release carries the fix, this fails, and the row should go.
+    # ... and still differs from what the call would cost without it — genai-prices' own
+    # price, or for a tier it has none for then, the multiplier's — as pricing resolves
+    # it: when a genai-prices release carries the fix, this fails, and the row should go.
     day = row.valid_from or (row.valid_to - dt.timedelta(days=1))
     at = dt.datetime.combine(day, dt.time(12), tzinfo=dt.timezone.utc)
-    entry = ModelEntry.of(*found)
-    genai = genai_rates(entry, at, row.tier)
-    if genai is None:  # (a tier genai-prices has no prices for then: the multiplier's)
-        return
-    assert any(mask for _, mask in differences(row.price_source(), genai))
+    entry = ModelEntry.of(*found, (row,), row.dates())
+    corrected = PriceBook._resolve(entry, at, row.tier)
+    assert isinstance(corrected, Corrected) and corrected.baseline_label != corrected.label
+    assert any(mask for _, _, mask in corrected.bands)

@@ -73,3 +73,39 @@ def test_counters_survive_a_cleared_cache(team):
     assert not SpendAnomaly.objects.exists()
     keys = [k for k in cache._cache if ":fluxgate:rate:" in k]  # locmem's own store
     assert keys, "the counters are back after the clear"
+
+
+def test_events_dated_before_the_window_are_not_this_minutes_spend(team, monkeypatch):
+    """A burst of ingested or replayed events of last month, written now: not a runaway
+    (it used to be counted as this minute's spend); the same spend made now is one."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from fluxgate_django import runaway
+    from fluxgate_django.records import CostSource
+    from tests.services import make_record
+
+    class Batch:
+        def __init__(self, records):
+            self.records = records
+
+        def team_id(self, record):
+            return team.pk
+
+    seen: list[dict] = []
+    monkeypatch.setattr(runaway, "record_spend", lambda spend_by, now=None: seen.append(spend_by))
+
+    def records(created_at):
+        made = []
+        for _ in range(3):
+            record = make_record(team="search", feature="chat")
+            record.created_at = created_at
+            record.cost_usd, record.cost_source = Decimal("1"), CostSource.CLIENT.value
+            made.append(record)
+        return made
+
+    with fluxgate_overrides(RUNAWAY_DETECTION=RUNAWAY):
+        runaway.count_written(Batch(records(timezone.now() - dt.timedelta(days=30))))
+        runaway.count_written(Batch(records(timezone.now())))
+    assert seen == [{}, {(team.pk, "chat"): to_units(Decimal("3"))}]

@@ -30,7 +30,6 @@ import datetime as dt
 import decimal
 import io
 import json
-import math
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -49,7 +48,7 @@ from ..models import COST_FIELD, Event, Team
 from ..money import MAX_EVENT_COST_USD
 from ..pipeline import finish_record, submit_batch
 from ..records import CostSource, EventRecord, Source, Status
-from .validator import FALLBACK, UNSTORABLE_TEXT, compile_serializer, compile_text, register
+from .validator import FALLBACK, compile_serializer, compile_text, register
 
 try:
     import psycopg
@@ -378,38 +377,6 @@ def _team_value(value: Any, context: Any) -> Any:
     raise FALLBACK
 
 
-def _flat_json_bound(value: dict[Any, Any]) -> int | None:
-    """For an object of plain values only (strings, small integers, finite floats, booleans,
-    null) with no NUL character or lone surrogate, the most bytes its ``validate_metadata``
-    encoding can have (an escape is at most 6 bytes a character, as is UTF-8); otherwise
-    None (then it is encoded, and checked as a whole)."""
-    total = 2
-    for key, child in value.items():
-        if key.__class__ is not str or "\x00" in key:
-            return None
-        if not key.isascii() and UNSTORABLE_TEXT.search(key):
-            return None
-        total += 6 * len(key) + 4
-        kind = child.__class__
-        if kind is str:
-            if "\x00" in child or (not child.isascii() and UNSTORABLE_TEXT.search(child)):
-                return None
-            total += 6 * len(child)
-        elif kind is bool or child is None:
-            total += 5
-        elif kind is int:
-            if not -(10**18) < child < 10**18:
-                return None
-            total += 20
-        elif kind is float:
-            if not math.isfinite(child):
-                return None
-            total += 25  # (repr: at most 24 characters)
-        else:
-            return None
-    return total
-
-
 #: ``validate_metadata``'s encoding (``json.dumps`` with these options makes one per call).
 _METADATA_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -423,12 +390,8 @@ def _metadata_value(value: Any, context: Any) -> Any:
     walked by ``check_json_strings``."""
     if type(value) is not dict:
         raise FALLBACK
-    bound = _flat_json_bound(value)
-    if bound is not None and bound <= MAX_METADATA_BYTES:
-        return value
     for child in value.values():
-        kind = type(child)
-        if kind is dict or kind is list or isinstance(child, (dict, list)):
+        if isinstance(child, (dict, list)):
             check_json_strings(value)
             break
     try:
@@ -522,18 +485,16 @@ def to_records(
     events: Sequence[dict[str, Any]],
     team: Team,
     received_at: dt.datetime | None = None,
-    charges: dict[tuple[str, dt.datetime], dict[str, Any] | None] | None = None,
 ) -> list[EventRecord]:
     """The ``EventRecord`` of each validated event of ``team`` (not priced yet), each
     carrying the charge of its cost to the team's budgets that applied when it was made:
     one :func:`~fluxgate_django.builder.make_records` batch.
 
-    ``received_at``: the ``created_at`` of an event that gives none (default: now).
-    ``charges``: the budget charges found so far for this request, by feature and time
-    (events of one batch mostly share both)."""
+    ``received_at``: the ``created_at`` of an event that gives none (default: now). The
+    budget charges are looked up once per feature and time (events of one batch mostly
+    share both)."""
     received_at = received_at or now()
-    if charges is None:
-        charges = {}
+    charges: dict[tuple[str, dt.datetime], dict[str, Any] | None] = {}
     team_id = team.pk
     client, usage_missing = CostSource.CLIENT.value, CostSource.USAGE_MISSING.value
     rows = []

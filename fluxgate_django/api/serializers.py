@@ -235,6 +235,8 @@ class BudgetSerializer(serializers.ModelSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """The model's own ``clean()`` too, so the API refuses what the admin refuses."""
         instance = Budget(**{**self._current_values(), **attrs})
+        # (The stored webhook, so that an unchanged one is not resolved again: clean().)
+        instance._saved_webhook_url = self.instance.webhook_url if self.instance else None
         try:
             instance.clean()
         except DjangoValidationError as exc:

@@ -13,12 +13,9 @@ import dataclasses
 import datetime as dt
 import random
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Sum
-from django.test.utils import override_settings
 from django.utils import timezone
 
 from .. import flush, tracking_context
@@ -178,48 +175,35 @@ def seed_history(
     """Seed the ``days`` days before ``today`` (site-local) that are not seeded yet, and
     wait until their events are written.
 
-    Runaway detection is off meanwhile: a month of past spend written within a minute is
-    not a runaway of this minute.
+    (Runaway detection counts none of it: past events are not this minute's spend.)
     """
     today = today or local_date()
     done = seeded_days()
     staff = {p.staff: demo_user(p.staff) for p in PROFILES if p.staff}
     history = History(days=0, events=0, skipped=0)
-    site = getattr(settings, "FLUXGATE", {})
-    runaway = {**site.get("RUNAWAY_DETECTION", {}), "enabled": False}
-    with override_settings(FLUXGATE={**site, "RUNAWAY_DETECTION": runaway}):
-        for days_ago in range(days, 0, -1):
-            day = today - dt.timedelta(days=days_ago)
-            if day.isoformat() in done:
-                history.skipped += 1
-                continue
-            rng = random.Random(f"{seed}:{day.isoformat()}")
-            made = 0
-            with tracking_context(metadata={HISTORY_KEY: day.isoformat()}, tags=["demo"]):
-                for profile in PROFILES:
-                    for _ in range(_calls_on(profile, days_ago, day, rng)):
-                        if profile.staff:
-                            user: Any = staff[profile.staff]
-                        else:
-                            n = rng.randint(1, 40)
-                            user = {"id": f"cust_{n:03d}", "email": f"customer{n}@example.org"}
-                        with tracking_context(
-                            feature=profile.feature, team=profile.team, user=user
-                        ):
-                            _submit_call(profile, _moment(day, rng), rng)
-                        made += 1
-            history.days += 1
-            history.events += made
-            if log is not None:
-                log(f"  {day}: {made} calls")
-        flush(timeout=60)
+    for days_ago in range(days, 0, -1):
+        day = today - dt.timedelta(days=days_ago)
+        if day.isoformat() in done:
+            history.skipped += 1
+            continue
+        rng = random.Random(f"{seed}:{day.isoformat()}")
+        made = 0
+        with tracking_context(metadata={HISTORY_KEY: day.isoformat()}, tags=["demo"]):
+            for profile in PROFILES:
+                for _ in range(_calls_on(profile, days_ago, day, rng)):
+                    if profile.staff:
+                        user: Any = staff[profile.staff]
+                    else:
+                        n = rng.randint(1, 40)
+                        user = {"id": f"cust_{n:03d}", "email": f"customer{n}@example.org"}
+                    with tracking_context(
+                        feature=profile.feature, team=profile.team, user=user
+                    ):
+                        _submit_call(profile, _moment(day, rng), rng)
+                    made += 1
+        history.days += 1
+        history.events += made
+        if log is not None:
+            log(f"  {day}: {made} calls")
+    flush(timeout=60)
     return history
-
-
-def history_cost(days: int, today: dt.date | None = None) -> Decimal:
-    """What the seeded days within the last ``days`` days cost (priced events)."""
-    today = today or local_date()
-    first = today - dt.timedelta(days=days)
-    dates = [str(first + dt.timedelta(days=i)) for i in range(days)]
-    events = Event.objects.filter(**{f"metadata__{HISTORY_KEY}__in": dates})
-    return events.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)

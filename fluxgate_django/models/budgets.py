@@ -74,7 +74,7 @@ class Budget(models.Model):
         (``webhooks``; checked again at each call, so an unchanged one is not re-resolved
         here: editing a budget does not depend on its webhook's DNS)."""
         super().clean()
-        if self.webhook_url and self.webhook_url != getattr(self, "_saved_webhook_url", None):
+        if self.webhook_url and self.webhook_url != self._saved_webhook_url:
             from ..webhooks import UnsafeWebhook, check_url
 
             try:

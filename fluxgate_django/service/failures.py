@@ -61,18 +61,8 @@ def classify(error: BaseException) -> str:
 
 
 def context_window(ref: ModelRef) -> int | None:
-    """The model's context window from genai-prices' data, when it knows it."""
-    from genai_prices import Usage as GenaiUsage
-    from genai_prices import calc_price
+    """The model's context window from genai-prices' data, when it knows it (the price
+    book's cached entry: not a price calculation per routing step)."""
+    from ..pricing import price_book
 
-    from ..pricing import GENAI_PROVIDER_IDS
-
-    try:
-        calc = calc_price(
-            GenaiUsage(input_tokens=0, output_tokens=0),
-            ref.model,
-            provider_id=GENAI_PROVIDER_IDS.get(ref.provider, ref.provider),
-        )
-    except LookupError:
-        return None
-    return calc.model.context_window
+    return price_book.context_window(ref.provider, ref.model)

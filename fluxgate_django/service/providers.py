@@ -95,15 +95,10 @@ class ProviderClients:
         name: str,
         *,
         loop: asyncio.AbstractEventLoop | None = None,
-        asynchronous: bool = False,
     ) -> Any:
-        """The sync client of provider ``name``; with ``loop`` (or ``asynchronous=True`` on a
-        running loop), the async client of that loop. Callable from any thread (the service
-        asks from a worker thread, off the loop)."""
-        if loop is None and asynchronous:
-            loop = _running_loop()
-            if loop is None:
-                raise RuntimeError("An async provider client needs an event loop: pass loop=")
+        """The sync client of provider ``name``; with ``loop``, the async client of that
+        loop. Callable from any thread (the service asks from a worker thread, off the
+        loop)."""
         if loop is None:
             client = self._clients.get(name)
             if client is None:

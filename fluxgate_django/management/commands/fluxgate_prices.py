@@ -10,7 +10,6 @@ do (a refreshed genai-prices carries their fix).
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -25,6 +24,7 @@ from ...price_rates import (
     PriceSource,
     Rates,
     TieredRates,
+    _money,
     describe,
     differences,
     find_genai_model,
@@ -32,12 +32,17 @@ from ...price_rates import (
     scaled,
 )
 from ...price_supplement import SUPPLEMENT_ROWS, Correction, corrections_for, in_force
-from ...pricing import _multiplier, _multiplier_label, price_book, rates_from_model_price
+from ...pricing import (
+    _STANDARD_TIERS,
+    _multiplier,
+    _multiplier_label,
+    price_book,
+    rates_from_model_price,
+)
 
 _NAMES = dict(
     zip(KINDS, ("input", "output", "cache read", "cache write", "1h cache write"), strict=True)
 )
-_STANDARD = ("", "default", "auto", "standard")
 
 
 def _when(text: str | None) -> dt.datetime:
@@ -51,10 +56,6 @@ def _when(text: str | None) -> dt.datetime:
     except ValueError as exc:
         raise CommandError(f"--at: not a date (YYYY-MM-DD) or ISO 8601 time: {text!r}") from exc
     return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
-
-
-def _money(value: Decimal) -> str:
-    return format(value.normalize(), "f")
 
 
 def _difference_text(fixed: PriceSource, baseline: PriceSource) -> list[str]:
@@ -143,7 +144,7 @@ class Command(BaseCommand):
         if not options["check"] and not options["diff"]:
             raise CommandError("Give --check MODEL... or --diff.")
         at = _when(options["at"])
-        tier = "" if options["tier"] in _STANDARD else options["tier"]
+        tier = "" if options["tier"] in _STANDARD_TIERS | {""} else options["tier"]
         unknown = []
         for name in options["check"] or ():
             provider, _, model = name.rpartition(":")
