@@ -16,7 +16,7 @@ replace it; an API key's hash is never displayed.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import django
@@ -32,6 +32,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from . import admin_report  # noqa: F401  (registers the cost report page, admin:fluxgate_report)
+from .admin_report import administered_teams
 from .models import (
     ApiKey,
     Budget,
@@ -46,35 +47,6 @@ from .models import (
 from .models.teams import forget_api_keys
 
 # -- who sees which teams -----------------------------------------------------------------
-
-_REQUEST_CACHE = "_fluxgate_admin_teams"
-
-
-def administered_teams(request: HttpRequest) -> frozenset[int] | None:
-    """The ids of the teams whose rows ``request.user`` may reach in the admin; ``None``
-    means every team (and rows without one): an active superuser.
-
-    Anyone else: the teams they are an admin of (``TeamMembership.role`` ``admin``),
-    possibly none. Django's model permissions then say what they may do with those rows.
-    Kept on the request (asked once per page).
-    """
-    cached: frozenset[int] | bool | None = getattr(request, _REQUEST_CACHE, False)
-    if cached is not False:
-        return cast("frozenset[int] | None", cached)
-    user = getattr(request, "user", None)
-    teams: frozenset[int] | None
-    if user is None or not user.is_authenticated or not user.is_active:
-        teams = frozenset()
-    elif user.is_superuser:
-        teams = None
-    else:
-        teams = frozenset(
-            TeamMembership.objects.filter(
-                user_id=user.pk, role=TeamMembership.Role.ADMIN
-            ).values_list("team_id", flat=True)
-        )
-    setattr(request, _REQUEST_CACHE, teams)
-    return teams
 
 
 def _team_id(obj: Any, path: str) -> Any:

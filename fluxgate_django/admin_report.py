@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
@@ -33,6 +33,28 @@ from .reports.chart import series_colour, stacked_bar_chart
 
 #: Longest range the page shows (its chart has a bar per day).
 MAX_DAYS = 366
+
+
+# -- who sees which teams (the admin's pages and this report) -----------------------------
+
+_REQUEST_CACHE = "_fluxgate_admin_teams"
+
+
+def administered_teams(request: HttpRequest) -> frozenset[int] | None:
+    """The ids of the teams whose rows ``request.user`` may reach in the admin; ``None``
+    means every team (and rows without one): an active superuser.
+
+    Anyone else: the teams they are an admin of (``TeamMembership.role`` ``admin``),
+    possibly none — the cost report's rule (``reports.queries.visible_teams``), asked once
+    per page for both. Django's model permissions then say what they may do with those rows.
+    """
+    cached: frozenset[int] | bool | None = getattr(request, _REQUEST_CACHE, False)
+    if cached is not False:
+        return cast("frozenset[int] | None", cached)
+    visible = queries.visible_teams(getattr(request, "user", None))
+    teams = None if visible is None else frozenset(visible)
+    setattr(request, _REQUEST_CACHE, teams)
+    return teams
 
 
 @dataclasses.dataclass
@@ -182,9 +204,8 @@ class CostReportAdmin(admin.ModelAdmin):
         ]
 
     def _visible(self, request: HttpRequest) -> list[int] | None:
-        if not hasattr(request, "_fluxgate_visible_teams"):
-            request._fluxgate_visible_teams = queries.visible_teams(request.user)  # type: ignore[attr-defined]
-        return request._fluxgate_visible_teams  # type: ignore[attr-defined]
+        teams = administered_teams(request)  # (the admin's, kept on the request)
+        return None if teams is None else sorted(teams)
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return self._visible(request) != []

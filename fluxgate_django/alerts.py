@@ -20,6 +20,7 @@ from django.utils import timezone
 from . import webhooks
 from .celery_app import TASKS, celery_configured, site_celery_app
 from .conf import fluxgate_settings
+from .teams import email_field_name
 
 logger = logging.getLogger("fluxgate.alerts")
 
@@ -146,16 +147,10 @@ def _run_and_close(func: Any, arg: int, attempts: int = 5) -> None:
 def _admin_emails(team: Any) -> list[str]:
     """The e-mail addresses of the team's admins (none if the user model has no e-mail
     field: ``EMAIL_FIELD``, default ``email``)."""
-    from django.contrib.auth import get_user_model
-    from django.core.exceptions import FieldDoesNotExist
-
     from .models import TeamMembership
 
-    User = get_user_model()
-    field = User.get_email_field_name()
-    try:
-        User._meta.get_field(field)
-    except FieldDoesNotExist:
+    field = email_field_name()
+    if field is None:
         return []
     return [
         email

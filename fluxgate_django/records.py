@@ -34,6 +34,10 @@ class Status(str, Enum):
         return self.value
 
 
+#: The statuses of a call that failed (an error rate counts these).
+FAILED_STATUSES = frozenset({Status.ERROR.value, Status.MALFORMED_REQUEST.value})
+
+
 class Source(str, Enum):
     SDK = "sdk"
     LANGCHAIN = "langchain"

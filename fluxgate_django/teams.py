@@ -297,3 +297,18 @@ def connect_signals() -> None:
         uid = f"fluxgate_teams_{model.__name__}"
         post_save.connect(changed, sender=model, weak=False, dispatch_uid=f"{uid}_saved")
         post_delete.connect(changed, sender=model, weak=False, dispatch_uid=f"{uid}_deleted")
+
+
+def email_field_name() -> str | None:
+    """The user model's e-mail field (``EMAIL_FIELD``, default ``email``), or None if it
+    has none: a site's user model need not have one."""
+    from django.contrib.auth import get_user_model
+    from django.core.exceptions import FieldDoesNotExist
+
+    User = get_user_model()
+    name = User.get_email_field_name()
+    try:
+        User._meta.get_field(name)
+    except FieldDoesNotExist:
+        return None
+    return str(name)

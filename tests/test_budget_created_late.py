@@ -171,3 +171,14 @@ def test_lowering_a_limit_below_the_spend_raises_the_alerts(client, team):
     assert sorted(BudgetAlert.objects.values_list("threshold_percent", flat=True)) == [80, 100]
     with pytest.raises(BudgetExceeded):
         spend(client, 1)
+
+
+def test_a_budget_whose_period_changes_counts_its_new_windows_spend(client, team):
+    """A monthly budget edited to daily starts a window it has no counter of: that
+    window's spend so far counts (it used to start at $0)."""
+    budget = Budget.objects.create(team=team, period="month", limit_usd=Decimal("1"))
+    spend(client, 2)
+    assert counter_of(budget).spent == 2 * CALL_COST
+    budget.period = "day"
+    budget.save()
+    assert counter_of(budget).spent == 2 * CALL_COST  # (today's calls: the day's window)

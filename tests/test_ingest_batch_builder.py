@@ -3,7 +3,9 @@ field by field, the record ``make_record`` builds for the same call: on generate
 poison values included (NUL characters, lone surrogates, over-long text, counts and costs
 no column holds, UUIDs, dates, ``Decimal``s, SDK sentinels and deep nesting in metadata
 and content, secrets in error messages), and for events of the ingest API against the
-``make_record`` call the API made of an event before it had a batch form."""
+``make_record`` call the API made of an event before it had a batch form. Both entries
+share the builder's value handling (tested for itself in ``test_builder.py``): what this
+checks is the batch entry's mapping of fields and its defaults."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ from ..guard import charge_ingested
 from ..models import COST_FIELD, Event, Team
 from ..money import MAX_EVENT_COST_USD
 from ..pipeline import finish_record, submit_batch
-from ..records import CostSource, EventRecord, Source, Status
+from ..records import FAILED_STATUSES, CostSource, EventRecord, Source, Status
 from .validator import FALLBACK, compile_serializer, compile_text, register
 
 try:
@@ -478,7 +478,6 @@ def parse_ingest_body(data: Any, team: Team) -> IngestEvents:
 
 
 _STATUS_OF = {s.value: s for s in Status}
-_FAILED = frozenset({Status.ERROR.value, Status.MALFORMED_REQUEST.value})
 
 
 def to_records(
@@ -512,7 +511,7 @@ def to_records(
         row["usage_missing_reason"] = reason or usage_missing
         row["cost_source"] = (reason or client) if cost is not None else ""
         # A failed call that reported no tokens is "not-billed", as for tracked clients.
-        row["failed"] = status in _FAILED
+        row["failed"] = status in FAILED_STATUSES
         if data["end_user_id"] or data["end_user_email"]:
             row["user"] = {"id": data["end_user_id"], "email": data["end_user_email"]}
         created_at = row["created_at"] = data.get("created_at") or received_at

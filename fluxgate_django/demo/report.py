@@ -10,8 +10,9 @@ from decimal import Decimal
 from django.db.models import Count, Q, Sum
 
 from ..models import Event
+from ..records import FAILED_STATUSES
 
-ERROR_STATUSES = ("ERROR", "MALFORMED_REQUEST")
+ERROR_STATUSES = tuple(sorted(FAILED_STATUSES))
 
 
 @dataclass

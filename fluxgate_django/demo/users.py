@@ -16,6 +16,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
 from ..models import Team, TeamMembership
+from ..teams import email_field_name
 
 TEAMS = {"search": "Search", "support": "Support", "growth": "Growth"}
 #: demo name → (team slug, email)
@@ -40,13 +41,6 @@ def _field(model: Any, name: str) -> models.Field[Any, Any] | None:
     except FieldDoesNotExist:
         return None
     return field if isinstance(field, models.Field) else None
-
-
-def email_field_name() -> str | None:
-    """The user model's e-mail field, or None if it has none."""
-    User = get_user_model()
-    name = User.get_email_field_name()
-    return name if _field(User, name) is not None else None
 
 
 def login_name(name: str, email: str) -> str:

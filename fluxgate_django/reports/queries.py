@@ -243,10 +243,11 @@ def user_labels(end_user_ids: Iterable[str]) -> dict[str, str]:
     id ``"7"`` is not shown as the site's user 7. Other ids are left out (their label
     is the id itself)."""
     from django.contrib.auth import get_user_model
-    from django.core.exceptions import FieldDoesNotExist, ValidationError
+    from django.core.exceptions import ValidationError
     from django.db.models import Exists, OuterRef
 
     from ..models import Event
+    from ..teams import email_field_name
 
     user_model = get_user_model()
     pks: dict[Any, str] = {}
@@ -260,11 +261,7 @@ def user_labels(end_user_ids: Iterable[str]) -> dict[str, str]:
     if not pks:
         return {}
     username_field = user_model.USERNAME_FIELD
-    email_field = getattr(user_model, "get_email_field_name", lambda: "email")()
-    try:
-        user_model._meta.get_field(email_field)
-    except FieldDoesNotExist:
-        email_field = ""
+    email_field = email_field_name() or ""
     fields = ["pk", username_field, *([email_field] if email_field != username_field else [])]
     own_events = Event.objects.filter(user_id=OuterRef("pk"), end_user_id__in=list(pks.values()))
     users = (

@@ -18,14 +18,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from ..money import to_units as money_units
-from ..records import Status
+from ..records import FAILED_STATUSES, Status
 from .histogram import BUCKET_FIELDS, bucket_of
 from .managers import MEASURE_FIELDS
 
 logger = logging.getLogger("fluxgate.reports")
 
 #: Statuses counted as errors (provider failures and rejected requests).
-ERROR_STATUSES = (Status.ERROR.value, Status.MALFORMED_REQUEST.value)
+ERROR_STATUSES = tuple(sorted(FAILED_STATUSES))
 #: Calls refused by a budget before reaching a provider: counted only in budget_blocked.
 BLOCKED_STATUS = Status.BUDGET_EXCEEDED.value
 #: ``cost_source`` of a failed call the provider did not bill: no cost, but not unpriced.

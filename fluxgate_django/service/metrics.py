@@ -16,9 +16,9 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from ..models import Event
-from ..records import Status
+from ..records import FAILED_STATUSES, Status
 
-FAILED = (Status.ERROR.value, Status.MALFORMED_REQUEST.value)
+FAILED = tuple(sorted(FAILED_STATUSES))
 #: Latency samples read per model for the percentiles (the newest ones).
 MAX_SAMPLES = 5000
 
