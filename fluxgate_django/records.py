@@ -43,6 +43,10 @@ class Source(str, Enum):
     LANGCHAIN = "langchain"
     SERVICE = "service"
     API = "api"
+    #: The OpenAI- and Anthropic-compatible gateway (``fluxgate/v1/``, ``fluxgate/anthropic/``).
+    GATEWAY = "gateway"
+    #: Spans taken in over OTLP/HTTP (``fluxgate/api/otlp/v1/traces``).
+    OTLP = "otlp"
 
     def __str__(self) -> str:
         return self.value

@@ -135,6 +135,21 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    may_charge_budgets = models.BooleanField(
+        default=False,
+        help_text=(
+            "Events this key ingests with a cost of their own count towards the team's "
+            "budgets. Off: only events FluxGate prices itself count."
+        ),
+    )
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            "Models, MODELS aliases and route names (route:NAME) this key may call "
+            "through the gateway; empty: all."
+        ),
+    )
 
     objects = ApiKeyManager()
 
