@@ -21,6 +21,9 @@ DEFAULTS: dict[str, Any] = {
     "RECORDER": "thread",
     # Store prompts and completions on events (off: only counts, cost and metadata).
     "STORE_CONTENT": False,
+    # Each call is also an OpenTelemetry span when opentelemetry-api is installed and a
+    # tracer provider is configured (False: never).
+    "OPENTELEMETRY": True,
     # If the budget store is unreachable: block the call (False) or allow it (True).
     "BUDGET_FAIL_OPEN": False,
     # Client options per provider.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import ledger
+from . import ledger, otel
 from .builder import (
     ServiceAttempt,
     make_record,
@@ -82,6 +82,8 @@ def submit(record: EventRecord) -> EventRecord:
     with capture_internal_exceptions("settling a budget reservation"):
         ledger.settler.settle(record)
         calibration.observe_record(record)
+    with capture_internal_exceptions("making the call's span"):
+        otel.emit(record)
     with capture_internal_exceptions("recording"):
         recorder = get_recorder()
         if recorder.uses_journal:
