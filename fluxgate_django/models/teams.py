@@ -142,6 +142,10 @@ class ApiKey(models.Model):
             "budgets. Off: only events FluxGate prices itself count."
         ),
     )
+    may_read_metrics = models.BooleanField(
+        default=False,
+        help_text="This key may scrape fluxgate/metrics (its own team's figures).",
+    )
     allowed_models = models.JSONField(
         default=list,
         blank=True,
