@@ -20,6 +20,8 @@ the COPY (the tables end up as migrated). Then:
 It prints the median of ``--repeat`` runs of each (after one warm-up run), their ratio,
 and checks that both agree (counts and cost exactly, p95 within the histogram's bound).
 Target: the rollup report under 200 ms at 10M events, and at least 50x faster than raw.
+It also times the body of ``GET fluxgate/metrics`` for the whole site (every day and
+group of the rollups; target: under 100 ms at 10M events).
 """
 
 from __future__ import annotations
@@ -304,6 +306,10 @@ def measure(repeat: int) -> dict[str, Any]:
     # The raw query at its best: with PostgreSQL's default JIT or without, whichever wins.
     raw_ms, raw_rows = min(timed(raw, repeat), timed(lambda: raw(jit=False), repeat))
     rollup_ms, report = timed(rollup, repeat)
+    # GET fluxgate/metrics' body for the whole site (all days, every group, the budgets).
+    from fluxgate_django.prometheus import render
+
+    metrics_ms, exposition = timed(lambda: render(None), repeat)
     # Both must say the same thing.
     rows = {r.key: r for r in report.rows}
     worst = 0.0
@@ -317,6 +323,8 @@ def measure(repeat: int) -> dict[str, Any]:
     return {
         "raw_ms": raw_ms,
         "rollup_ms": rollup_ms,
+        "metrics_ms": metrics_ms,
+        "metrics_kb": len(exposition) / 1024,
         "groups": len(raw_rows),
         "p95_worst_error": worst,
         "events_in_range": sum(r[1] for r in raw_rows),
@@ -361,7 +369,8 @@ def main() -> None:
         )
         header = (
             f"{'events':>11} {'load s':>7} {'rollup build s':>14} {'rollup rows':>11} "
-            f"{'raw ms':>9} {'rollup ms':>9} {'ratio':>7} {'p95 err':>7}"
+            f"{'raw ms':>9} {'rollup ms':>9} {'ratio':>7} {'p95 err':>7} {'metrics ms':>10} "
+            f"{'metrics KB':>10}"
         )
         print(header)
         loaded = 0
@@ -383,7 +392,8 @@ def main() -> None:
                 f"{size:>11,} {load_s:>7.1f} {build_s:>14.1f} {rollup_rows:>11,} "
                 f"{result['raw_ms']:>9.1f} {result['rollup_ms']:>9.1f} "
                 f"{result['raw_ms'] / result['rollup_ms']:>6.0f}x "
-                f"{result['p95_worst_error']:>6.1%}",
+                f"{result['p95_worst_error']:>6.1%} {result['metrics_ms']:>10.1f} "
+                f"{result['metrics_kb']:>10.0f}",
                 flush=True,
             )
         connection.close()

@@ -24,6 +24,9 @@ DEFAULTS: dict[str, Any] = {
     # Each call is also an OpenTelemetry span when opentelemetry-api is installed and a
     # tracer provider is configured (False: never).
     "OPENTELEMETRY": True,
+    # Addresses (or CIDR networks) of Prometheus scrapers that may read fluxgate/metrics
+    # without signing in (they see the whole site).
+    "METRICS_ALLOWED_IPS": [],
     # If the budget store is unreachable: block the call (False) or allow it (True).
     "BUDGET_FAIL_OPEN": False,
     # Client options per provider.

@@ -69,19 +69,25 @@ def gemini_client(fake):
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    """Rate counters, breakers and blocks live in the cache: start every test clean."""
+    """Rate counters, breakers and blocks live in the cache, teams and budgets in memory:
+    start every test clean."""
     from django.core.cache import cache
 
+    from fluxgate_django import ledger, teams
     from fluxgate_django.api.throttling import forget_counts
     from fluxgate_django.service.routing import forget_local_state
 
-    cache.clear()
-    forget_local_state()
-    forget_counts()
+    def forget() -> None:
+        cache.clear()
+        forget_local_state()
+        forget_counts()
+        # (a rolled-back test's teams and budgets, whose ids the next test's may reuse)
+        ledger.clear_cache()
+        teams.forget()
+
+    forget()
     yield
-    cache.clear()
-    forget_local_state()
-    forget_counts()
+    forget()
 
 
 @pytest.fixture(autouse=True)
