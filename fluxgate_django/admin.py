@@ -16,6 +16,7 @@ replace it; an API key's hash is never displayed.
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,11 +29,13 @@ from django.db import models
 from django.db.models import Count, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html
 
 from . import admin_report  # noqa: F401  (registers the cost report page, admin:fluxgate_report)
 from .admin_report import administered_teams
+from .admin_trace import trace_url, trace_view
 from .models import (
     ApiKey,
     Budget,
@@ -342,6 +345,7 @@ class EventAdmin(TeamScopedAdmin):
         "output_tokens",
         "cost",
         "latency",
+        "trace",
     )
     list_filter = (
         "provider",
@@ -393,6 +397,7 @@ class EventAdmin(TeamScopedAdmin):
                     "conversation_id",
                     "request_id",
                     ("run_id", "parent_run_id"),
+                    "trace",
                     "metadata",
                     "tags",
                 )
@@ -445,6 +450,15 @@ class EventAdmin(TeamScopedAdmin):
     @admin.display(description="latency", ordering="latency_ms")
     def latency(self, obj: Event) -> str:
         return "" if obj.latency_ms is None else f"{obj.latency_ms:,.0f} ms"
+
+    @admin.display(description="trace")
+    def trace(self, obj: Event) -> str:
+        url = trace_url(obj)
+        return format_html('<a href="{}">trace</a>', url) if url else ""
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view(partial(trace_view, self))
+        return [path("trace/", view, name="fluxgate_trace"), *super().get_urls()]
 
 
 def _plain_decimal(value: Decimal) -> str:
@@ -541,10 +555,24 @@ class TeamAdmin(TeamScopedAdmin):
 @admin.register(ApiKey)
 class ApiKeyAdmin(TeamScopedAdmin):
     """Keys are created here with a generated secret that is shown once; only its hash is
-    stored (and never displayed). A key's team cannot change; revoke it instead."""
+    stored (and never displayed). A key's team cannot change; revoke it instead.
+    ``may_charge_budgets``: whether costs its ingested events give count towards the
+    team's budgets (set by whoever manages the team's keys)."""
 
-    list_display = ("display_prefix", "name", "team", "created_at", "last_used_at", "revoked_at")
-    list_filter = (("revoked_at", admin.EmptyFieldListFilter), ("team", TeamListFilter))
+    list_display = (
+        "display_prefix",
+        "name",
+        "team",
+        "may_charge_budgets",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
+    list_filter = (
+        ("revoked_at", admin.EmptyFieldListFilter),
+        ("team", TeamListFilter),
+        "may_charge_budgets",
+    )
     search_fields = ("name", "prefix", "team__name", "team__slug")
     list_select_related = ("team",)
     autocomplete_fields = ("team",)
@@ -553,8 +581,16 @@ class ApiKeyAdmin(TeamScopedAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
-            return ("team", "name")
-        return ("name", "team", "display_prefix", "created_at", "last_used_at", "revoked_at")
+            return ("team", "name", "may_charge_budgets")
+        return (
+            "name",
+            "team",
+            "display_prefix",
+            "may_charge_budgets",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
@@ -571,7 +607,9 @@ class ApiKeyAdmin(TeamScopedAdmin):
             return obj
         # The secret exists only here: create the key through the manager, which stores
         # its hash, and keep the secret on the instance for response_add's message.
-        key, secret = ApiKey.objects.create_key(team=obj.team, name=obj.name)
+        key, secret = ApiKey.objects.create_key(
+            team=obj.team, name=obj.name, may_charge_budgets=obj.may_charge_budgets
+        )
         key._fluxgate_secret = secret  # type: ignore[attr-defined]
         return key
 

@@ -163,7 +163,7 @@ def create_key_in_admin(client: Client, team: Team, name: str = "CI") -> tuple[A
 def test_apikey_add_form_has_team_and_name_only(admin_client: Client) -> None:
     response = admin_client.get(url("apikey_add"))
     assert response.status_code == 200
-    assert set(response.context["adminform"].form.fields) == {"team", "name"}
+    assert set(response.context["adminform"].form.fields) == {"team", "name", "may_charge_budgets"}
 
 
 def test_apikey_created_in_admin_shows_secret_once_and_stores_hash(

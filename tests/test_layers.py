@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             # Packages whose __init__ exports lazily: importing them imports nothing.
             r"fluxgate_django|fluxgate_django\.reports",
-            r"fluxgate_django\.(conf|context|records|outcomes|money|exceptions|errors|webhooks)",
+            r"fluxgate_django\.(conf|context|records|outcomes|money|exceptions|errors|webhooks|otel)",
             r"fluxgate_django\.(builder|signals|model_refs)",
         ],
     ),
@@ -54,9 +54,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     (
         "tracking, service, LangChain, API, admin, reports, middleware",
         [
-            r"fluxgate_django\.(tracking|service|api|demo|testing)(\..+)?",
+            r"fluxgate_django\.(tracking|service|api|gateway|demo|testing)(\..+)?",
             r"fluxgate_django\.reports(\.(queries|results|chart|export))?",
-            r"fluxgate_django\.(admin|admin_report|middleware|checks(_\w+)?|celery_support|urls)",
+            r"fluxgate_django\.(admin|admin_report|admin_trace|prometheus|middleware|checks(_\w+)?)",
+            r"fluxgate_django\.(celery_support|urls)",
             r"fluxgate_langchain(\..+)?",
         ],
     ),

@@ -201,3 +201,62 @@ def test_report_page_renders_the_chart_in_chromium(live_server, tmp_path, django
             counts[colour] += 1
     # Each series' bars cover many pixels of its own colour (the page uses none elsewhere).
     assert all(n > 300 for n in counts.values()), counts
+
+
+@override_settings(ROOT_URLCONF=__name__, STATIC_URL="/static/", STATIC_ROOT=str(ADMIN_STATIC))
+def test_trace_page_renders_the_timeline_in_chromium(live_server, tmp_path, django_user_model):
+    """One request's calls: an ok call, a fallback attempt, a cache hit and a failure, each
+    drawn as a bar of its own colour where it ran."""
+    clear_report_tables()
+    Team.objects.create(name="Search", slug="search")
+    end = timezone.now()
+    calls = [  # (ends ms after the first start, latency ms, status, fallback, cache hit)
+        (1200, 1200, "ERROR", 0, False),
+        (3000, 1700, "SUCCESS", 1, False),
+        (3100, 20, "SUCCESS", 0, True),
+        (5200, 2000, "SUCCESS", 0, False),
+    ]
+    write_events(
+        [
+            EventRecord(
+                tracking_id=uuid.uuid4(),
+                created_at=end - dt.timedelta(milliseconds=5200 - ends),
+                provider="openai",
+                model="gpt-4o",
+                operation="chat",
+                status=status,
+                team="search",
+                feature="agent",
+                request_id="req-screenshot",
+                input_tokens=1000,
+                output_tokens=200,
+                cost_usd=None if cached else Decimal("0.0045"),
+                latency_ms=float(latency),
+                fallback_attempt=fallback,
+                cache_hit=cached,
+            )
+            for ends, latency, status, fallback, cached in calls
+        ]
+    )
+    admin_user = django_user_model.objects.create_superuser("admin", "a@example.com", "pw")
+    client = Client()
+    client.force_login(admin_user)
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    page = reverse("admin:fluxgate_trace") + "?request_id=req-screenshot"
+    url = f"{live_server.url}/_session/{session}/?next={page.replace('?', '%3F')}"
+    html = chromium("--virtual-time-budget=5000", "--dump-dom", url, tmp_path=tmp_path)
+    assert html.stdout.decode().count('class="fg-span') == 4
+    shot = ROOT / "var" / "trace-screenshot.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    shot.unlink(missing_ok=True)
+    chromium("--virtual-time-budget=5000", f"--screenshot={shot}", url, tmp_path=tmp_path)
+    _, _, bpp, pixels = read_png(shot.read_bytes())
+    colours = {"4e79a7": 0, "e6a117": 0, "59a14f": 0, "ba2121": 0}
+    wanted = {bytes.fromhex(c): c for c in colours}
+    for i in range(0, len(pixels), bpp):
+        colour = wanted.get(pixels[i : i + 3])
+        if colour:
+            colours[colour] += 1
+    # Each bar (and its legend swatch) is on screen in its colour; the long calls are wide.
+    assert all(n > 100 for n in colours.values()), colours
+    assert colours["4e79a7"] > colours["59a14f"]
