@@ -230,7 +230,7 @@ def test_trace_page_renders_the_timeline_in_chromium(live_server, tmp_path, djan
                 request_id="req-screenshot",
                 input_tokens=1000,
                 output_tokens=200,
-                cost_usd=None if cached else Decimal("0.0045"),
+                cost_usd=Decimal(0) if cached else Decimal("0.0045"),
                 latency_ms=float(latency),
                 fallback_attempt=fallback,
                 cache_hit=cached,
