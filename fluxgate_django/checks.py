@@ -20,7 +20,8 @@
 * ``fluxgate.E014`` RETENTION_DAYS is negative or not a whole number
 * ``fluxgate.E015`` UNKNOWN_TEAM is not ``"warn"``, ``"error"`` or ``"ignore"``
 * ``fluxgate.E016`` AUTH_FAILURE_RATE is not a rate; ``fluxgate.E017``
-  WEBHOOK_ALLOWED_HOSTS is not a list of strings
+  WEBHOOK_ALLOWED_HOSTS is not a list of strings; ``fluxgate.E018`` METRICS_ALLOWED_IPS
+  is not a list of addresses or networks
 * ``fluxgate.W001`` an unknown FLUXGATE key (probably a typo)
 * ``fluxgate.W002``, ``fluxgate.W003`` Celery worker settings (:mod:`.checks_celery`)
 * ``fluxgate.W004`` a model genai-prices has no price for (with the nearest names)
@@ -37,7 +38,7 @@ from django.core.checks import Error, Tags, Warning, register
 from . import (
     checks_celery,  # noqa: F401  (registers the Celery worker settings checks)
     checks_databases,  # noqa: F401  (registers the database routing check, E011)
-    checks_settings,  # noqa: F401  (registers the typo checks, E012-E017, W004-W005)
+    checks_settings,  # noqa: F401  (registers the typo checks, E012-E018, W004-W005)
     checks_spool,  # noqa: F401  (registers the spool directory check, E009)
 )
 from .conf import DEFAULTS, RECORDER_ALIASES, fluxgate_settings

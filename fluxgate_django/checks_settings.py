@@ -11,6 +11,7 @@
 * ``fluxgate.E015`` ``UNKNOWN_TEAM`` is not ``"warn"``, ``"error"`` or ``"ignore"``
 * ``fluxgate.E016`` ``AUTH_FAILURE_RATE`` is not a rate (``"20/min"``) or None
 * ``fluxgate.E017`` ``WEBHOOK_ALLOWED_HOSTS`` is not a list of strings
+* ``fluxgate.E018`` ``METRICS_ALLOWED_IPS`` is not a list of addresses or networks
 * ``fluxgate.W004`` a model (in ``MODELS`` or a route) that genai-prices has no price
   for, with the nearest names it knows: its calls would be recorded as unpriced
 * ``fluxgate.W005`` a ``PROVIDERS`` entry whose name is close to a built-in provider's
@@ -22,6 +23,7 @@ Registered by :mod:`fluxgate_django.checks`. None of them queries the database.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -210,6 +212,20 @@ def _check_webhook_and_auth_settings(raw: Mapping[str, Any]) -> Iterator[Any]:
             "fluxgate.E017",
             'A list of host names (".internal" for every name under it), addresses or '
             'networks ("10.1.0.0/16").',
+        )
+    scrapers = raw.get("METRICS_ALLOWED_IPS", [])
+    bad = [scrapers] if not isinstance(scrapers, list | tuple) else []
+    for entry in [] if bad else scrapers:
+        try:
+            ipaddress.ip_network(str(entry), strict=False)
+        except ValueError:
+            bad.append(entry)
+    if bad:
+        yield _error(
+            f"FLUXGATE['METRICS_ALLOWED_IPS'] holds {bad[0]!r}, not an address or network.",
+            "fluxgate.E018",
+            'A list of the addresses or networks of Prometheus scrapers ("10.0.0.5", '
+            '"10.1.0.0/16") that may read fluxgate/metrics without signing in.',
         )
 
 

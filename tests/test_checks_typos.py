@@ -216,7 +216,7 @@ def test_the_new_ids_are_used_by_no_other_check():
     new_ids = set(re.findall(r'id="(fluxgate\.[EW]\d{3})"', source)) | set(
         re.findall(r'"(fluxgate\.[EW]\d{3})"', source)
     )
-    assert new_ids == {f"fluxgate.E0{n}" for n in range(12, 18)} | {
+    assert new_ids == {f"fluxgate.E0{n}" for n in range(12, 19)} | {
         "fluxgate.W004",
         "fluxgate.W005",
     }
@@ -234,6 +234,8 @@ def test_the_new_ids_are_used_by_no_other_check():
         ({"AUTH_FAILURE_RATE": "x/min"}, "fluxgate.E016"),
         ({"WEBHOOK_ALLOWED_HOSTS": "hooks.internal"}, "fluxgate.E017"),
         ({"WEBHOOK_ALLOWED_HOSTS": [10]}, "fluxgate.E017"),
+        ({"METRICS_ALLOWED_IPS": "10.0.0.5"}, "fluxgate.E018"),
+        ({"METRICS_ALLOWED_IPS": ["10.0.0.5", "prometheus.internal"]}, "fluxgate.E018"),
     ],
 )
 def test_bad_auth_rate_and_webhook_hosts_are_errors(fluxgate, error):
@@ -243,6 +245,11 @@ def test_bad_auth_rate_and_webhook_hosts_are_errors(fluxgate, error):
     with override_settings(FLUXGATE=fluxgate):
         ids = {message.id for message in run_checks()}
     assert error in ids
-    with override_settings(FLUXGATE={"AUTH_FAILURE_RATE": "5/min", "WEBHOOK_ALLOWED_HOSTS": []}):
+    good = {
+        "AUTH_FAILURE_RATE": "5/min",
+        "WEBHOOK_ALLOWED_HOSTS": [],
+        "METRICS_ALLOWED_IPS": ["10.0.0.5", "10.1.0.0/16", "::1"],
+    }
+    with override_settings(FLUXGATE=good):
         ids = {message.id for message in run_checks()}
-    assert not ids & {"fluxgate.E016", "fluxgate.E017"}
+    assert not ids & {"fluxgate.E016", "fluxgate.E017", "fluxgate.E018"}
