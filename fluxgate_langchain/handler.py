@@ -173,6 +173,8 @@ class FluxGateHandler(BaseCallbackHandler):
         self._sink: Sink | None = None
         self._runs: RunMap[LLMRun] = RunMap(max_runs, "LLM")
         self._chains: RunMap[str] = RunMap(max_runs, "chain")
+        #: Each chain run in flight → the outermost run it is part of (for traces).
+        self._roots: RunMap[UUID] = RunMap(max_runs, "chain")
 
     # -- which callbacks we want -------------------------------------------------------
 
@@ -206,6 +208,7 @@ class FluxGateHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         try:
+            self._roots.put(run_id, self._root_of(parent_run_id) or run_id)
             name = kwargs.get("name") or _serialized_name(serialized)
             if name:
                 self._chains.put(run_id, str(name))
@@ -214,9 +217,18 @@ class FluxGateHandler(BaseCallbackHandler):
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._chains.pop(run_id)
+        self._roots.pop(run_id)
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._chains.pop(run_id)
+        self._roots.pop(run_id)
+
+    def _root_of(self, parent_run_id: UUID | None) -> UUID | None:
+        """The outermost run a run whose parent is ``parent_run_id`` belongs to (None: it
+        is a root itself). A parent this handler did not see start is taken as the root."""
+        if parent_run_id is None:
+            return None
+        return self._roots.get(parent_run_id) or parent_run_id
 
     # -- LLM runs ----------------------------------------------------------------------
 
@@ -401,6 +413,9 @@ class FluxGateHandler(BaseCallbackHandler):
         extra = md.get("fluxgate_metadata")
         if isinstance(extra, Mapping):
             fields["metadata"] = extra
+        root = self._root_of(parent_run_id)
+        if root is not None:  # (the admin's trace page finds a whole chain's calls by it)
+            fields["metadata"] = {**fields.get("metadata", {}), "root_run_id": str(root)}
         return ctx.merge(**fields) if fields else ctx
 
     def _finish(self, run: LLMRun, response: Any, error: BaseException | None) -> None:
@@ -483,7 +498,11 @@ class FluxGateHandler(BaseCallbackHandler):
         """Cache writes reported without their TTL split (a streamed ChatAnthropic): the
         request says it when all its breakpoints share one TTL; otherwise the event is
         ``usage-incomplete``, at the most the writes may have cost (every one at the 1h
-        rate, where the price is known). Never the 5m rate for writes that may be 1h."""
+        rate, where the price is known). Never the 5m rate for writes that may be 1h.
+
+        A remote site prices the usage it is sent (and can't be sent a bound to price): it
+        is sent the bound's usage, every write as a 1h one, and the event notes
+        ``cost_is_upper_bound`` — the cost in-process and at a site is the same."""
         from fluxgate_django.records import CostSource
 
         # (Other providers have one write price: only Anthropic runs keep their request.)
@@ -497,6 +516,16 @@ class FluxGateHandler(BaseCallbackHandler):
         if ttls == frozenset({"1h"}):
             usage.cache_write_1h_tokens = usage.cache_write_tokens
             return extra
+        if sink.priced_at_destination:
+            # (Unpriced, as "usage-incomplete", it would cost nothing at the site, its
+            # budgets included: the bound is what the in-process event costs.)
+            usage.cache_write_1h_tokens = usage.cache_write_tokens
+            _warn_ttl_missing(info)
+            return {
+                **(extra or {}),
+                "usage_incomplete": "cache_write_ttl",
+                "cost_is_upper_bound": True,
+            }
         # (The 1h rate is never below the 5m rate: every write at 1h is the bound.)
         bound = sink.upper_cost(run, info, all_1h)
         info.usage_reported = False
@@ -653,7 +682,8 @@ def _warn_ttl_missing(info: CallInfo) -> None:
         "split (langchain-anthropic builds streamed usage from message_delta, which has "
         "none), and its request mixes 5m and 1h cache_control breakpoints. Its event is "
         "recorded at the most it may have cost (every write at the 1h rate, "
-        "cost_source='usage-incomplete') rather than under-charged. Call the model without "
+        "metadata cost_is_upper_bound; in-process cost_source='usage-incomplete') rather "
+        "than under-charged. Call the model without "
         "streaming, or give all the request's breakpoints one TTL, to have it priced exactly.",
         "streamed " if info.streamed else "",
         info.provider,

@@ -53,6 +53,9 @@ class Sink(abc.ABC):
     """Records finished runs. Subclasses say whether the choice is final for a handler."""
 
     final = True
+    #: Does the destination price the usage it is sent (a remote site), rather than take
+    #: a cost made here (:meth:`upper_cost`)?
+    priced_at_destination = False
 
     def stores_content(self) -> bool:
         """Keep prompts and completions on events (``FLUXGATE["STORE_CONTENT"]``)?"""
@@ -233,6 +236,8 @@ class RemoteSink(Sink):
     ``cost_usd`` is null and ``cost_source`` empty for the site to price it, or
     ``cost_source`` says why it can't be priced (``usage-missing``...).
     """
+
+    priced_at_destination = True
 
     def __init__(self, sender: RemoteSender) -> None:
         self.sender = sender

@@ -17,6 +17,7 @@ import openai
 import pytest
 from django.urls import reverse
 from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_openai import ChatOpenAI
 
 from fluxgate_django import BudgetExceeded, flush, track_anthropic, track_openai, tracking_context
@@ -137,20 +138,35 @@ def test_linked_from_the_event_list_the_event_and_the_report(request_calls, admi
     assert len(rows) == 1
 
 
-def test_a_langchain_run(fake, admin_client):
+def test_a_langchain_run_with_nested_chains(fake, admin_client):
+    """An agent-like outer run calling an inner chain twice: its trace is both calls,
+    though each call's parent is the inner chain's run."""
     Team.objects.create(name="Docs", slug="docs")
     llm = ChatOpenAI(model="gpt-4o", api_key="sk-test", base_url=fake.openai_base_url)
-    chain = ChatPromptTemplate.from_messages([("user", "Summarise {text}")]) | llm
+    inner = ChatPromptTemplate.from_messages([("user", "Summarise {text}")]) | llm
+
+    def agent(question: str, config: RunnableConfig) -> str:
+        first = inner.invoke({"text": question}, config=config)
+        return str(inner.invoke({"text": first.content}, config=config).content)
+
+    outer = RunnableLambda(agent)
     run_id = uuid.uuid4()
     handler = FluxGateHandler(team="docs", feature="docs")
-    for text in ("one", "two"):  # other runs of the same chain
-        chain.invoke({"text": text}, config={"callbacks": [handler]})
-    chain.invoke({"text": "three"}, config={"callbacks": [handler], "run_id": run_id})
+    outer.invoke("the design", config={"callbacks": [handler], "run_id": run_id})
+    inner.invoke({"text": "another run"}, config={"callbacks": [handler]})
     flush()
+    calls = Event.objects.filter(metadata__root_run_id=str(run_id)).order_by("created_at")
+    assert calls.count() == 2 and Event.objects.count() == 3
+    assert all(e.parent_run_id not in ("", str(run_id)) for e in calls)  # inner chains'
     rows = cells(admin_client.get(trace_url(run_id=str(run_id))).content.decode())
-    [event] = Event.objects.filter(parent_run_id=str(run_id))
-    assert len(rows) == 1 and Event.objects.count() == 3
-    assert reverse("admin:fluxgate_django_event_change", args=[event.pk]) in rows[0]
+    assert len(rows) == 2
+    for row, event in zip(rows, calls, strict=True):
+        assert reverse("admin:fluxgate_django_event_change", args=[event.pk]) in row
+    # Each event's own trace link leads to its root run's trace.
+    page = admin_client.get(
+        reverse("admin:fluxgate_django_event_change", args=[calls[0].pk])
+    ).content.decode()
+    assert trace_url(run_id=str(run_id)) in page
 
 
 def test_asking_nothing_or_two_things(admin_client):
