@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from django.urls import include, path
 
+from .gateway import urls as gateway_urls
 from .prometheus import MetricsView
 
 app_name = "fluxgate"

@@ -94,10 +94,10 @@ class ApiKeyAuthentication(BaseAuthentication):
             secret = parts[1].decode("ascii")
         except UnicodeDecodeError:
             secret = ""
-        key = ApiKey.objects.get_from_secret(secret) if _SECRET_SHAPE.fullmatch(secret) else None
+        key = key_for_secret(secret)
         if key is None:
             _refuse(throttle, request, "Invalid or revoked API key.")
-        _touch(key)
+        touch_key(key)
         return ApiKeyPrincipal(key), key
 
     def authenticate_header(self, request: Request) -> str:
@@ -116,7 +116,13 @@ def _refuse(throttle: AuthFailureThrottle, request: Request, message: str) -> No
     raise AuthenticationFailed(message)
 
 
-def _touch(key: ApiKey) -> None:
+def key_for_secret(secret: str) -> ApiKey | None:
+    """The active key whose secret this is (None for anything else, a malformed secret
+    refused before the database is asked). Shared with the gateway (``x-api-key``)."""
+    return ApiKey.objects.get_from_secret(secret) if _SECRET_SHAPE.fullmatch(secret) else None
+
+
+def touch_key(key: ApiKey) -> None:
     """Record that ``key`` was used, at most once per ``LAST_USED_RESOLUTION``."""
     now = timezone.now()
     if key.last_used_at is not None and now - key.last_used_at < LAST_USED_RESOLUTION:

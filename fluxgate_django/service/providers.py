@@ -27,7 +27,7 @@ import ssl
 import sys
 import threading
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from ..conf import fluxgate_settings, on_reload
@@ -81,9 +81,13 @@ class _LoopClients:
 
 class ProviderClients:
     """Tracked SDK clients made on first use: one sync client per provider for the process,
-    and one async client per provider for each event loop (see the module doc)."""
+    and one async client per provider for each event loop (see the module doc).
 
-    def __init__(self) -> None:
+    ``make(name, asynchronous)`` makes a client (default: the service's tracked SDK
+    clients); the gateway keeps its pooled HTTP clients per loop with its own ``make``."""
+
+    def __init__(self, make: Callable[[str, bool], Any] | None = None) -> None:
+        self._make = make
         self._clients: dict[str, Any] = {}
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = (
             weakref.WeakKeyDictionary()
@@ -105,7 +109,7 @@ class ProviderClients:
                 with self._lock:
                     client = self._clients.get(name)
                     if client is None:
-                        client = self._clients[name] = _make_client(name, False)
+                        client = self._clients[name] = (self._make or _make_client)(name, False)
             return client
         if loop.is_closed():
             raise RuntimeError("Event loop is closed")
@@ -116,7 +120,7 @@ class ProviderClients:
                 holder = self._async[loop] = _LoopClients()
             client = holder.clients.get(name)
             if client is None:
-                client = holder.clients[name] = _make_client(name, True)
+                client = holder.clients[name] = (self._make or _make_client)(name, True)
             watch = not holder.watched
             holder.watched = True
         _finish_closers(stale)
@@ -197,7 +201,7 @@ def _finish_closers(closers: list[AsyncGenerator[None, None]]) -> None:
 
 async def _aclose(name: str, client: Any) -> None:
     """Close an async client (google-genai's ``Client``: its ``.aio`` pool and its sync
-    one; the service calls it through ``.aio``)."""
+    one; the service calls it through ``.aio``; an ``httpx.AsyncClient``: ``aclose()``)."""
     if type(client).__module__.startswith("google."):
         aio = vars(client).get("_aio")
         if aio is not None and hasattr(aio, "aclose"):
@@ -205,7 +209,8 @@ async def _aclose(name: str, client: Any) -> None:
         if hasattr(client, "close"):
             client.close()
         return
-    await client.close()
+    closer = getattr(client, "aclose", None) or client.close
+    await closer()
 
 
 def _mark_closed(client: Any) -> None:
@@ -222,7 +227,9 @@ clients = ProviderClients()
 on_reload(clients.clear)
 
 
-def _options(name: str) -> dict[str, Any]:
+def provider_options(name: str) -> dict[str, Any]:
+    """``FLUXGATE["PROVIDERS"][name]``, its key from the environment when settings give
+    none (``OPENAI_API_KEY``...)."""
     options = dict(fluxgate_settings.PROVIDERS.get(name) or {})
     kind = provider_kind(name)
     if not options.get("api_key"):
@@ -242,7 +249,7 @@ def _make_client(name: str, asynchronous: bool) -> Any:
     from ..tracking import track_anthropic, track_openai
 
     kind = provider_kind(name)
-    options = _options(name)
+    options = provider_options(name)
     if kind in _STAINLESS_SDKS:
         import importlib
 
@@ -305,18 +312,26 @@ def _async_http_client(sdk: Any) -> Any:
         ),
         None,
     )
-    create = getattr(http_lib, "create_ssl_context", None)
-    if create is None:
-        return None
     try:
-        with _ssl_lock:
-            context = _ssl_contexts.get(http_lib.__name__)
-            if context is None:
-                context = _ssl_contexts[http_lib.__name__] = create()
-        return default_cls(verify=context)
+        context = shared_ssl_context(http_lib)
+        return None if context is None else default_cls(verify=context)
     except Exception:  # an SDK or HTTP library that takes neither: the SDK's own default
         logger.debug("Using the SDK's own async HTTP client", exc_info=True)
         return None
+
+
+def shared_ssl_context(http_lib: Any) -> ssl.SSLContext | None:
+    """The process's one SSL context for the HTTP library ``http_lib`` (``httpx`` or
+    ``httpx2``), made as it makes its own (``create_ssl_context()``); None when the
+    library has no such function."""
+    create = getattr(http_lib, "create_ssl_context", None)
+    if create is None:
+        return None
+    with _ssl_lock:
+        context = _ssl_contexts.get(http_lib.__name__)
+        if context is None:
+            context = _ssl_contexts[http_lib.__name__] = create()
+    return context
 
 
 _ssl_lock = threading.Lock()

@@ -22,10 +22,11 @@ _OPERATIONS = {
 
 
 def normalise_openai_usage(usage: Any) -> Usage | None:
-    """Chat/completions (``prompt_tokens``...) or Responses (``input_tokens``...) usage."""
+    """Chat/completions (``prompt_tokens``...) or Responses (``input_tokens``...) usage
+    (an SDK model, or the gateway's view of the JSON, where an absent field reads None)."""
     if usage is None:
         return None
-    if hasattr(usage, "prompt_tokens"):
+    if getattr(usage, "prompt_tokens", None) is not None:
         input_tokens = usage.prompt_tokens or 0
         output_tokens = getattr(usage, "completion_tokens", 0) or 0
         input_details = getattr(usage, "prompt_tokens_details", None)
