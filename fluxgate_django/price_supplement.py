@@ -120,6 +120,22 @@ SUPPLEMENT_ROWS: tuple[Correction, ...] = (
         "storage ($4.50/MTok per hour) is not a per-call price and is not charged here.",
     ),
     Correction(
+        provider="gemini",
+        model="gemini-1.5-pro",
+        corrects="before the 2024-10-01 price cut: genai-prices has the prices since then "
+        "(and no cache-read price) for every date, about a third of what was billed",
+        prices=Prices(input=_d("3.50"), output=_d("10.50"), cache_read=_d("0.875")),
+        tiers=((128_000, Prices(input=_d("7"), output=_d("21"), cache_read=_d("1.75"))),),
+        source="https://developers.googleblog.com/en/updated-gemini-models-reduced-15-pro-"
+        "pricing-increased-rate-limits-and-more/",
+        source_date=dt.date(2024, 9, 24),
+        valid_to=dt.date(2024, 10, 1),
+        note="Google's 2024-09-24 announcement: 64% off input and cached input, 52% off "
+        "output, effective 2024-10-01 — from $3.50 / $0.875 / $10.50 (up to 128k) and $7 / "
+        "$1.75 / $21 (over 128k) to the next row's $1.25 / $0.3125 / $5 and $2.50 / $0.625 "
+        "/ $10. No valid_from: before paid use began there were no billed calls to price.",
+    ),
+    Correction(
         provider="openai",
         model="gpt-4o",
         tier="batch",

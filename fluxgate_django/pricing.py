@@ -1,6 +1,8 @@
 """Cost of a call in USD, as ``Decimal``.
 
-Where a price comes from, first found wins:
+Where a price comes from, first found wins (for the model that served the call or the one
+it asked for, served first within each source: a ``ModelPrice`` row for either name comes
+before any data for either):
 
 1. a ``ModelPrice`` row (the admin) for the provider and model: negotiated or self-hosted
    prices, with their own cache, 1-hour cache-write and long-context tier prices;
@@ -157,16 +159,28 @@ class PriceBook:
         at: dt.datetime | None = None,
     ) -> Cost:
         """Cost of ``usage`` for the first of ``models`` (served, then requested) with a
-        price, at the prices in force at ``at`` (the call's time; default: now)."""
+        price, at the prices in force at ``at`` (the call's time; default: now).
+
+        The sources keep their order across the names: a ``ModelPrice`` override for
+        either name comes before the supplement's or genai-prices' price for either (a
+        site's row for ``gpt-4o`` prices a call OpenAI reports as ``gpt-4o-2024-08-06``)."""
         when = _aware(at)
         source: PriceSource | None = None
         priced_model = ""
+        self._maybe_refresh_overrides()
         for model in models:
             if model:
-                source = self.price_source(provider, model, when)
+                source = self._overrides.get((provider, model))
                 if source is not None:
                     priced_model = model
                     break
+        else:
+            for model in models:
+                if model:
+                    source = self.data_price(provider, model, when)
+                    if source is not None:
+                        priced_model = model
+                        break
         if source is None:
             self._warn_unknown(provider, next((m for m in models if m), ""))
             return Cost(None, "unknown")

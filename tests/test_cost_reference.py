@@ -1,52 +1,26 @@
 """Reference suite: the cost of an event, through the real paths, equals a hand-computed
 figure to 1e-9 USD.
 
-Each case is one call, sent through every path that can carry it: the tracked OpenAI,
-Anthropic and Gemini SDK clients over HTTP against the bundled fake provider (plain
-and streamed), LangChain's ``ChatOpenAI`` (Chat Completions and Responses) and
-``ChatAnthropic`` with a ``FluxGateHandler`` (``invoke``, ``stream``, ``ainvoke``,
-``astream``, and a handler posting to a FluxGate site's ingest API), and the ingest API
-(``POST /fluxgate/api/events/``). Events dated in the past can only come in through the
-ingest API (or a spool replay, tested below). (No LangChain Gemini integration is
-installed here: Gemini cases have no LangChain path.)
+Each case (``tests/cost_cases.py``, where each hand figure's source is given) is one
+call, sent through every path that can carry it: the tracked OpenAI, Anthropic and Gemini
+SDK clients over HTTP against the bundled fake provider (plain and streamed; OpenAI's
+``embeddings.create``; an OpenAI client on OpenRouter's base URL), LangChain's
+``ChatOpenAI`` (Chat Completions and Responses, and on OpenRouter), ``ChatAnthropic`` and
+``OpenAIEmbeddings`` with FluxGate's callback handler or ``track_embeddings`` (``invoke``,
+``stream``, ``ainvoke``, ``astream``, and a handler posting to a FluxGate site's ingest
+API), and the ingest API (``POST /fluxgate/api/events/``). Events dated in the past can
+only come in through the ingest API (or a spool replay, tested below). (No LangChain
+Gemini integration is installed here, and FluxGate tracks no Gemini embeddings call:
+Gemini cases have no LangChain path, Gemini embeddings come in by the ingest API.)
 
-Hand figures are computed from the providers' published prices, USD per million tokens
-(MTok), as listed on these pages (the dates are when the figures were checked against the
-page, as recorded in the genai-prices data's ``price_comments``, unless said otherwise):
-
-* OpenAI, https://platform.openai.com/docs/pricing (checked 2026-10-12 standard, flex
-  and priority; 2026-10-14 Batch):
-  - gpt-4o: input $2.50, cached input $1.25, output $10. Priority: $4.25 / $2.125 / $17.
-    Batch: input $1.25, output $5; the Batch table publishes no cached-input rate, so
-    cached input keeps $1.25 (as genai-prices and LiteLLM both give).
-  - gpt-4o-2024-05-13: input $5, output $15, no cached-input discount.
-  - o3: input $2, cached input $0.50, output $8 since 2025-06-10; $10 / $40 before
-    (OpenAI changelog, 2025-06-10: "o3 price reduced by 80%"). Flex: $1 / $0.25 / $4.
-  - o4-mini: input $1.10, cached input $0.275, output $4.40.
-  Reasoning tokens are output tokens, billed once at the output rate.
-* Anthropic, https://docs.claude.com/en/docs/about-claude/pricing (model pricing, long
-  context pricing, batch processing; checked 2026-10-14):
-  - claude-sonnet-4-5: input $3, 5-minute cache write $3.75, 1-hour cache write $6,
-    cache read $0.30, output $15; a request over 200k input tokens (cache included) pays
-    on every token: $6, $7.50, $12, $0.60, $22.50.
-  - claude-haiku-4-5: input $1, 5-minute write $1.25, 1-hour write $2, read $0.10,
-    output $5.
-  - Message Batches: 50 % of every rate above, cache writes and reads included
-    (https://docs.claude.com/en/docs/build-with-claude/batch-processing#pricing; since
-    the Batches API launched in 2024, so also for events dated before genai-prices'
-    batch rows start, 2026-10-14).
-  Anthropic reports ``input_tokens`` without the cache tokens; FluxGate's total input is
-  ``input + cache_creation + cache_read``.
-* Google, https://ai.google.dev/gemini-api/docs/pricing (checked 2026-10-12):
-  - gemini-2.5-pro: prompts up to 200k tokens: input $1.25, cached $0.125, output $10;
-    over 200k (the whole prompt): $2.50, $0.25, $15. Thinking tokens are output.
+A case with a ``ModelPrice`` override saves the row first; one served by another model
+than it asked for (a dated snapshot) has the provider report that model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import http.server
 import json
@@ -56,30 +30,39 @@ import uuid
 from decimal import Decimal
 
 import httpx2
+import openai
 import pytest
 from langchain_anthropic import ChatAnthropic
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
-from langchain_openai import ChatOpenAI
+from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
 from fluxgate_django import flush, track_anthropic, track_gemini, track_openai, tracking_context
 from fluxgate_django.context import TrackingContext
-from fluxgate_django.models import Event
+from fluxgate_django.models import Event, ModelPrice
 from fluxgate_django.pipeline import finish_record, make_record
 from fluxgate_django.pricing import calculate_cost, price_book
 from fluxgate_django.recording import spool, write_events
 from fluxgate_django.records import CallInfo, CostSource, Usage
 from fluxgate_django.testing import FakeReply
-from fluxgate_langchain import FluxGateHandler
+from fluxgate_langchain import FluxGateHandler, track_embeddings
 from fluxgate_langchain.remote import get_sender
 from tests.api_helpers import API, event_payload, make_world, post_json
+from tests.cost_cases import (
+    ASYNC_PATHS,
+    CASES,
+    LANGCHAIN_STREAMS,
+    REMOTE_PATHS,
+    Case,
+)
 from tests.helpers import MSGS
 
 pytestmark = pytest.mark.django_db
 
 EVENTS = f"{API}events/"
 TOLERANCE = Decimal("1e-9")
+OPENROUTER_URL = "https://openrouter.ai/api/v1"
 
 
 @pytest.fixture(autouse=True)
@@ -89,201 +72,40 @@ def fresh_price_book():
     price_book.reset()
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One call. Tokens in FluxGate's convention: ``input`` is the total input, cache
-    reads and writes included; ``output`` the total output, reasoning included."""
-
-    id: str
-    provider: str
-    model: str
-    input: int
-    output: int
-    expected: Decimal | None
-    source: str
-    reasoning: int = 0
-    cache_read: int = 0
-    cache_write_5m: int = 0
-    cache_write_1h: int = 0
-    tier: str | None = None
-    #: ISO 8601; None: the call happens now.
-    created_at: str | None = None
-    paths: tuple[str, ...] = ()
-    #: Through a LangChain stream, a call writing the cache at both TTLs is charged this,
-    #: the most it may have cost (every write at the 1h rate), as ``usage-incomplete``
-    #: (metadata ``cost_is_upper_bound``): langchain-anthropic builds a stream's usage
-    #: from ``message_delta``, which has no TTL split, and the request's mixed
-    #: breakpoints don't tell it.
-    stream_bound: Decimal | None = None
-
-    @property
-    def cache_write(self) -> int:
-        return self.cache_write_5m + self.cache_write_1h
-
-    def bounded_on(self, path: str) -> bool:
-        """Is ``path``'s cost the upper bound (``stream_bound``) rather than ``expected``?"""
-        bounded = path in LANGCHAIN_STREAMS and bool(self.cache_write_5m and self.cache_write_1h)
-        assert not bounded or self.stream_bound is not None, f"{self.id}: no stream_bound"
-        return bounded
-
-    def all_paths(self) -> tuple[str, ...]:
-        if self.paths:
-            return self.paths
-        if self.created_at is not None:
-            return ("ingest",)
-        langchain = (*LANGCHAIN, *(ASYNC_LANGCHAIN if self.id in ASYNC_CASES else ()))
-        return {
-            "openai": ("openai-chat", "openai-chat-stream", "openai-responses", *langchain,
-                       "langchain-responses", "langchain-responses-stream", "ingest"),
-            "anthropic": (
-                "anthropic-create",
-                "anthropic-raw-stream",
-                "anthropic-stream-helper",
-                *langchain,
-                "ingest",
-            ),
-            "gemini": ("gemini", "ingest"),
-        }[self.provider]  # fmt: skip
-
-
-#: A real ChatOpenAI / ChatAnthropic on the fake, with a ``FluxGateHandler`` callback that
-#: records in-process, or (``-remote``) posts to a FluxGate site's ingest API.
-LANGCHAIN = ("langchain-invoke", "langchain-stream", "langchain-remote", "langchain-remote-stream")
-#: Run on an event loop: the event is written off the loop, from another thread, so the
-#: test is a transactional one (about 0.5 s each on PostgreSQL, for the tables' flush).
-#: The async hooks read usage with the sync ones' code: these cases cover what it
-#: carries — cache reads, reasoning, 5m and 1h writes (exact, and a stream's bound).
-ASYNC_LANGCHAIN = ("langchain-ainvoke", "langchain-astream")
-ASYNC_PATHS = frozenset(ASYNC_LANGCHAIN)
-ASYNC_CASES = frozenset({"gpt-4o-cached", "o4-mini-reasoning", "haiku-4-5-5m-and-1h-writes"})
-LANGCHAIN_STREAMS = frozenset(
-    {"langchain-stream", "langchain-astream", "langchain-remote-stream",
-     "langchain-responses-stream"}
-)  # fmt: skip
-REMOTE_PATHS = frozenset({"langchain-remote", "langchain-remote-stream"})
-
-
-CASES = [
-    # -- OpenAI ---------------------------------------------------------------------------
-    # 800 x $2.50 + 200 x $1.25 + 500 x $10 = (2000 + 250 + 5000) / 1M
-    Case("gpt-4o-cached", "openai", "gpt-4o", 1000, 500, Decimal("0.00725"), "genai-prices",
-         cache_read=200),
-    # Batch: 800 x $1.25 + 200 cached x $1.25 (no batch cached rate) + 500 x $5
-    #   = (1000 + 250 + 2500) / 1M   (a flat 0.5 multiplier would wrongly give 0.003625)
-    Case("gpt-4o-batch-cached", "openai", "gpt-4o", 1000, 500, Decimal("0.00375"),
-         "genai-prices+batch", cache_read=200, tier="batch",
-         paths=("openai-chat", "openai-chat-stream", "langchain-invoke", "langchain-stream",
-                "langchain-remote", "ingest")),
-    # Priority: 800 x $4.25 + 200 x $2.125 + 500 x $17 = (3400 + 425 + 8500) / 1M
-    Case("gpt-4o-priority-cached", "openai", "gpt-4o", 1000, 500, Decimal("0.012325"),
-         "genai-prices+priority", cache_read=200, tier="priority",
-         paths=("openai-chat", "langchain-invoke", "langchain-stream", "ingest")),
-    # The dated snapshot keeps its launch price: 1000 x $5 + 500 x $15, cached input at
-    # the input rate = (5000 + 7500) / 1M
-    Case("gpt-4o-2024-05-13", "openai", "gpt-4o-2024-05-13", 1000, 500, Decimal("0.0125"),
-         "genai-prices", cache_read=200),
-    # 1000 x $1.10 + 1500 x $4.40 (1000 of them reasoning, billed once) = (1100 + 6600) / 1M
-    Case("o4-mini-reasoning", "openai", "o4-mini", 1000, 1500, Decimal("0.0077"),
-         "genai-prices", reasoning=1000),
-    # o3 now: 1000 x $2 + 1000 x $8 = (2000 + 8000) / 1M
-    Case("o3-now", "openai", "o3", 1000, 1000, Decimal("0.01"), "genai-prices"),
-    # o3 flex now: 1000 x $1 + 1000 x $4 = (1000 + 4000) / 1M
-    Case("o3-flex-now", "openai", "o3", 1000, 1000, Decimal("0.005"), "genai-prices+flex",
-         tier="flex",
-         paths=("openai-chat", "langchain-invoke", "langchain-stream", "langchain-remote",
-                "ingest")),
-    # o3 on 2025-05-01, before the 2025-06-10 price cut: 1000 x $10 + 1000 x $40
-    #   = (10000 + 40000) / 1M
-    Case("o3-2025-05-01", "openai", "o3", 1000, 1000, Decimal("0.05"), "genai-prices",
-         created_at="2025-05-01T12:00:00Z"),
-    # ... with reasoning: 1000 x $10 + 1500 x $40 = (10000 + 60000) / 1M
-    Case("o3-2025-05-01-reasoning", "openai", "o3", 1000, 1500, Decimal("0.07"),
-         "genai-prices", reasoning=1000, created_at="2025-05-01T12:00:00Z"),
-    # The last minute of the old price (UTC), then the first of the new one.
-    Case("o3-2025-06-09-last-minute", "openai", "o3", 1000, 1000, Decimal("0.05"),
-         "genai-prices", created_at="2025-06-09T23:59:00Z"),
-    Case("o3-2025-06-10-first-minute", "openai", "o3", 1000, 1000, Decimal("0.01"),
-         "genai-prices", created_at="2025-06-10T00:00:00Z"),
-    # 01:00 in UTC+2 on 2025-06-10 is 23:00 UTC on 2025-06-09: still the old price.
-    Case("o3-2025-06-10-at-utc+2", "openai", "o3", 1000, 1000, Decimal("0.05"),
-         "genai-prices", created_at="2025-06-10T01:00:00+02:00"),
-    # -- Anthropic -------------------------------------------------------------------------
-    # 1h writes on a tiered model (issue 14 item 1): 1000 x $3 + 4000 x $6 + 10 x $15
-    #   = (3000 + 24000 + 150) / 1M   (at the 5-minute rate: wrongly 0.01815)
-    Case("sonnet-4-5-1h-writes", "anthropic", "claude-sonnet-4-5", 5000, 10,
-         Decimal("0.02715"), "genai-prices", cache_write_1h=4000),
-    # 100 x $3 + 1000 x $3.75 + 2000 x $6 + 100 x $15 = (300 + 3750 + 12000 + 1500) / 1M
-    # LangChain streams, every write at the 1h rate: 100 x $3 + 3000 x $6 + 100 x $15
-    #   = (300 + 18000 + 1500) / 1M
-    Case("sonnet-4-5-5m-and-1h-writes", "anthropic", "claude-sonnet-4-5", 3100, 100,
-         Decimal("0.01755"), "genai-prices", cache_write_5m=1000, cache_write_1h=2000,
-         stream_bound=Decimal("0.0198")),
-    # Over 200k (210,000 input with the cache): 10,000 x $6 + 200,000 x $12 + 1000 x $22.50
-    #   = (60000 + 2400000 + 22500) / 1M   (at the 5-minute rate: wrongly 1.5825)
-    Case("sonnet-4-5-over-200k-1h-writes", "anthropic", "claude-sonnet-4-5", 210_000, 1000,
-         Decimal("2.4825"), "genai-prices", cache_write_1h=200_000),
-    # Over 200k, every kind: 150,000 x $6 + 20,000 x $7.50 + 30,000 x $12 + 10,000 x $0.60
-    #   + 2000 x $22.50 = (900000 + 150000 + 360000 + 6000 + 45000) / 1M
-    # LangChain streams: 150,000 x $6 + 50,000 x $12 + 10,000 x $0.60 + 2000 x $22.50
-    #   = (900000 + 600000 + 6000 + 45000) / 1M
-    Case("sonnet-4-5-over-200k-all-kinds", "anthropic", "claude-sonnet-4-5", 210_000, 2000,
-         Decimal("1.461"), "genai-prices", cache_read=10_000, cache_write_5m=20_000,
-         cache_write_1h=30_000, stream_bound=Decimal("1.551")),
-    # Exactly 200,000 input is not over 200k: 199,000 x $3 + 1000 x $6 = (597000 + 6000) / 1M
-    Case("sonnet-4-5-at-200k", "anthropic", "claude-sonnet-4-5", 200_000, 0,
-         Decimal("0.603"), "genai-prices", cache_write_1h=1000),
-    # Batch now (genai-prices' own batch rows): 1000 x $1.50 + 1000 x $1.875 + 2000 x $3
-    #   + 2000 x $0.15 + 500 x $7.50 = (1500 + 1875 + 6000 + 300 + 3750) / 1M
-    # LangChain streams: 1000 x $1.50 + 3000 x $3 + 2000 x $0.15 + 500 x $7.50
-    #   = (1500 + 9000 + 300 + 3750) / 1M
-    Case("sonnet-4-5-batch", "anthropic", "claude-sonnet-4-5", 6000, 500,
-         Decimal("0.013425"), "genai-prices+batch", cache_read=2000, cache_write_5m=1000,
-         cache_write_1h=2000, tier="batch", stream_bound=Decimal("0.01455"),
-         paths=("anthropic-create", "langchain-invoke", "langchain-stream",
-                "langchain-remote-stream", "ingest")),
-    # The same batch call on 2026-09-01, before genai-prices' batch rows: Anthropic's 50 %
-    # applies all the same, here through FluxGate's multiplier (and the label says so):
-    # (1000 x $3 + 1000 x $3.75 + 2000 x $6 + 2000 x $0.30 + 500 x $15) / 2
-    #   = (3000 + 3750 + 12000 + 600 + 7500) / 2 / 1M
-    Case("sonnet-4-5-batch-2026-09-01", "anthropic", "claude-sonnet-4-5", 6000, 500,
-         Decimal("0.013425"), "genai-prices+batch*0.5", cache_read=2000,
-         cache_write_5m=1000, cache_write_1h=2000, tier="batch",
-         created_at="2026-09-01T08:00:00Z"),
-    # Batch over 200k with 1h writes: 10,000 x $3 + 200,000 x $6 + 1000 x $11.25
-    #   = (30000 + 1200000 + 11250) / 1M
-    Case("sonnet-4-5-batch-over-200k", "anthropic", "claude-sonnet-4-5", 210_000, 1000,
-         Decimal("1.24125"), "genai-prices+batch", cache_write_1h=200_000, tier="batch",
-         paths=("anthropic-create", "langchain-invoke", "langchain-stream", "ingest")),
-    # A flat-priced model: 1000 x $1 + 1000 x $1.25 + 2000 x $2 + 2000 x $0.10 + 500 x $5
-    #   = (1000 + 1250 + 4000 + 200 + 2500) / 1M
-    # LangChain streams: 1000 x $1 + 3000 x $2 + 2000 x $0.10 + 500 x $5
-    #   = (1000 + 6000 + 200 + 2500) / 1M
-    Case("haiku-4-5-5m-and-1h-writes", "anthropic", "claude-haiku-4-5", 6000, 500,
-         Decimal("0.00895"), "genai-prices", cache_read=2000, cache_write_5m=1000,
-         cache_write_1h=2000, stream_bound=Decimal("0.0097")),
-    # -- Gemini ----------------------------------------------------------------------------
-    # Over 200k: 200,000 x $2.50 + 50,000 cached x $0.25 + 1000 x $15
-    #   = (500000 + 12500 + 15000) / 1M
-    Case("gemini-2.5-pro-over-200k", "gemini", "gemini-2.5-pro", 250_000, 1000,
-         Decimal("0.5275"), "genai-prices", cache_read=50_000),
-    # Up to 200k, thinking billed as output: 800 x $1.25 + 200 x $0.125 + 1500 x $10
-    #   = (1000 + 25 + 15000) / 1M
-    Case("gemini-2.5-pro-thinking", "gemini", "gemini-2.5-pro", 1000, 1500,
-         Decimal("0.016025"), "genai-prices", cache_read=200, reasoning=1000),
-    # -- unknown: never a silent 0 -----------------------------------------------------------
-    Case("unknown-model", "openai", "acme-llm-9000", 1000, 500, None, "unknown",
-         paths=("openai-chat", "langchain-invoke", "langchain-stream", "langchain-remote",
-                "ingest")),
-    Case("unknown-model-2025", "openai", "acme-llm-9000", 1000, 500, None, "unknown",
-         created_at="2025-05-01T12:00:00Z"),
-]  # fmt: skip
+def test_the_suite_has_every_kind_of_case():
+    """Issue 14's list: at least 60 cases, each kind there, on the paths that carry it."""
+    assert len(CASES) >= 60
+    assert len({c.id for c in CASES}) == len(CASES)
+    kinds = {
+        "every provider": {c.provider for c in CASES} >= {"openai", "anthropic", "gemini",
+                                                          "openrouter"},
+        "cached input": any(c.cache_read and c.provider == p for c in CASES
+                            for p in ("openai", "anthropic", "gemini")),
+        "5m writes": any(c.cache_write_5m for c in CASES),
+        "1h writes": any(c.cache_write_1h for c in CASES),
+        "reasoning": any(c.reasoning for c in CASES),
+        "long context": any(c.input > 200_000 for c in CASES),
+        "tiers": {c.tier for c in CASES} >= {"batch", "flex", "priority"},
+        "embeddings": any(c.operation == "embeddings" for c in CASES),
+        "snapshots": any(c.served for c in CASES),
+        "openrouter cost": any(c.provider == "openrouter" and c.reported_cost for c in CASES),
+        "openrouter priced": any(c.provider == "openrouter" and c.known_cost is None
+                                 and c.expected for c in CASES),
+        "historical": any(c.created_at for c in CASES),
+        "overrides": any(c.override for c in CASES),
+        "unknown": any(c.expected is None for c in CASES),
+    }  # fmt: skip
+    assert all(kinds.values()), [k for k, ok in kinds.items() if not ok]
+    for case in CASES:  # an unknown model is None with a cost_source, never 0
+        assert (case.expected is None) == (case.source == "unknown"), case.id
 
 
 # -- the paths ------------------------------------------------------------------------------
 
 
 def fake_reply(case: Case) -> FakeReply:
-    """The provider's own usage fields for ``case``."""
+    """The provider's own usage fields for ``case`` (and the model it says served it)."""
+    served = {"served_model": case.served}
     if case.provider == "anthropic":
         return FakeReply(
             input_tokens=case.input - case.cache_read - case.cache_write,  # cache-exclusive
@@ -291,6 +113,7 @@ def fake_reply(case: Case) -> FakeReply:
             cache_write_tokens=case.cache_write_5m,
             cache_write_1h_tokens=case.cache_write_1h,
             output_tokens=case.output,
+            **served,
         )
     if case.provider == "gemini":
         return FakeReply(
@@ -298,13 +121,34 @@ def fake_reply(case: Case) -> FakeReply:
             cached_tokens=case.cache_read,
             output_tokens=case.output - case.reasoning,  # candidates exclude thoughts
             reasoning_tokens=case.reasoning,
+            **served,
         )
+    # OpenRouter's usage.cost, as it reports it (a JSON number).
+    extra = {"cost": float(case.reported_cost)} if case.reported_cost is not None else {}
     return FakeReply(
         input_tokens=case.input,  # OpenAI's prompt_tokens include the cached tokens
         cached_tokens=case.cache_read,
         output_tokens=case.output,  # completion_tokens include reasoning
         reasoning_tokens=case.reasoning,
+        usage_extra=extra,
+        **served,
     )
+
+
+class _ToOpenRouter(httpx2.HTTPTransport):
+    """Sends requests for ``https://openrouter.ai/api/v1/...`` to the fake's ``/v1/...``: the
+    client keeps OpenRouter's real base URL, which is what FluxGate names the provider by."""
+
+    def __init__(self, fake_base: str) -> None:
+        super().__init__()
+        self.target = httpx2.URL(fake_base)
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path.removeprefix("/api")
+        request.url = request.url.copy_with(
+            scheme=self.target.scheme, host=self.target.host, port=self.target.port, path=path
+        )
+        return super().handle_request(request)
 
 
 class _ServedTier(httpx2.HTTPTransport):
@@ -328,7 +172,50 @@ class _ServedTier(httpx2.HTTPTransport):
 REQUESTED_TIERS = frozenset({"flex", "priority"})
 
 
-def langchain_model(case: Case, path: str, fake, stack: contextlib.ExitStack) -> BaseChatModel:
+@pytest.fixture(scope="module")
+def clients(fake_provider):
+    """The SDK clients and HTTP clients the paths use, made once for the module: making
+    one loads its TLS certificates (~0.1 s), which would be most of a path's time.
+    (Tracking a client twice is a no-op; the ``fake`` fixture resets the fake per test.)"""
+    import anthropic
+    from google import genai
+    from google.genai import types
+
+    with contextlib.ExitStack() as stack:
+        openrouter = stack.enter_context(
+            httpx2.Client(transport=_ToOpenRouter(fake_provider.openai_base_url))
+        )
+        made = {
+            "openai": openai.OpenAI(
+                api_key="sk-test-key", base_url=fake_provider.openai_base_url, max_retries=0
+            ),
+            # On OpenRouter's base URL (named "openrouter" from it), answered by the fake.
+            "openrouter": openai.OpenAI(
+                api_key="sk-or-test", base_url=OPENROUTER_URL, http_client=openrouter,
+                max_retries=0,
+            ),
+            "anthropic": anthropic.Anthropic(
+                api_key="sk-ant-test-key", base_url=fake_provider.anthropic_base_url,
+                max_retries=0,
+            ),
+            "gemini": genai.Client(
+                api_key="test-gemini-key",
+                http_options=types.HttpOptions(
+                    base_url=fake_provider.gemini_base_url,
+                    retry_options=types.HttpRetryOptions(attempts=1),
+                ),
+            ),
+        }  # fmt: skip
+        for client in made.values():
+            stack.callback(client.close)
+        yield {
+            **made,
+            "openrouter-http": openrouter,
+            "served-tier-http": stack.enter_context(httpx2.Client(transport=_ServedTier())),
+        }
+
+
+def langchain_model(case: Case, path: str, fake, clients: dict) -> BaseChatModel:
     # langchain-openai and langchain-anthropic share one cached async HTTP client per base
     # URL: a kept-alive connection would outlive this test's event loop and break the next
     # test's async call ("Event loop is closed"); an async path's connection is not kept.
@@ -343,14 +230,16 @@ def langchain_model(case: Case, path: str, fake, stack: contextlib.ExitStack) ->
             default_headers=headers,
         )
     options: dict = {}
+    if case.provider == "openrouter":
+        options["http_client"] = clients["openrouter-http"]
     if case.tier in REQUESTED_TIERS:
         options["service_tier"] = case.tier
-        options["http_client"] = stack.enter_context(httpx2.Client(transport=_ServedTier()))
+        options["http_client"] = clients["served-tier-http"]
     # stream_usage: off by default with a base_url, and a stream then reports no usage
     return ChatOpenAI(
         model=case.model,
         api_key="sk-test-key",
-        base_url=fake.openai_base_url,
+        base_url=OPENROUTER_URL if case.provider == "openrouter" else fake.openai_base_url,
         stream_usage=True,
         use_responses_api=path.startswith("langchain-responses"),
         max_retries=0,
@@ -424,12 +313,15 @@ def site_relay():
     relay.close()
 
 
-def relayed(relay: SiteRelay) -> Event:
+def relayed(relay: SiteRelay, case: Case) -> Event:
     """The one event the remote handler sent, ingested by this site's API."""
     assert get_sender(relay.url, RELAY_KEY).flush(timeout=10)  # (its sender only)
     (sent,) = relay.events
     relay.events.clear()
-    assert sent["cost_usd"] is None  # the site prices it
+    if case.known_cost is None:
+        assert sent["cost_usd"] is None  # the site prices it
+    else:  # a cost the call came with is sent with it
+        assert Decimal(sent["cost_usd"]) == case.known_cost
     response = post_json(make_world().client("key_a"), EVENTS, {"events": [sent]})
     assert response.status_code == 202, response.content
     return Event.objects.get(tracking_id=sent["tracking_id"])
@@ -437,6 +329,8 @@ def relayed(relay: SiteRelay) -> Event:
 
 def langchain_call(case: Case, path: str, request: pytest.FixtureRequest) -> Event:
     fake = request.getfixturevalue("fake")
+    if path == "langchain-embeddings":
+        return langchain_embedding(case, fake)
     messages = langchain_messages(case)
     if path in REMOTE_PATHS:
         relay = request.getfixturevalue("site_relay")
@@ -447,8 +341,8 @@ def langchain_call(case: Case, path: str, request: pytest.FixtureRequest) -> Eve
     # A tier the provider reports is read from the response; batch is declared.
     declared = None if case.tier in REQUESTED_TIERS else case.tier
     fake.enqueue(fake_reply(case))
-    with contextlib.ExitStack() as stack, tracking_context(service_tier=declared):
-        model = langchain_model(case, path, fake, stack)
+    with tracking_context(service_tier=declared, openrouter_cost=case.context_cost):
+        model = langchain_model(case, path, fake, request.getfixturevalue("clients"))
         if path in ASYNC_PATHS:
 
             async def run() -> None:
@@ -467,7 +361,7 @@ def langchain_call(case: Case, path: str, request: pytest.FixtureRequest) -> Eve
             model.invoke(messages, config=config)
     if path in REMOTE_PATHS:
         assert not Event.objects.exists()  # sent to the site, not recorded here
-        event = relayed(request.getfixturevalue("site_relay"))
+        event = relayed(request.getfixturevalue("site_relay"), case)
     else:
         event = Event.objects.get()
     assert event.source == "langchain"
@@ -478,29 +372,55 @@ def langchain_call(case: Case, path: str, request: pytest.FixtureRequest) -> Eve
     return event
 
 
+def langchain_embedding(case: Case, fake) -> Event:
+    """``OpenAIEmbeddings.embed_query`` through ``track_embeddings``."""
+    fake.enqueue(fake_reply(case))
+    # check_embedding_ctx_length=False: no tiktoken download; the text goes as it is.
+    model = OpenAIEmbeddings(
+        model=case.model,
+        api_key="sk-test-key",
+        base_url=fake.openai_base_url,
+        check_embedding_ctx_length=False,
+        max_retries=0,
+    )
+    with tracking_context(service_tier=case.tier):
+        track_embeddings(model).embed_query("hi")
+    event = Event.objects.get()
+    assert (event.source, event.operation) == ("langchain", "embeddings")
+    return event
+
+
+def sdk_client(case: Case, path: str, clients: dict) -> object:
+    if path.startswith("openai"):
+        return track_openai(clients["openrouter" if case.provider == "openrouter" else "openai"])
+    if path.startswith("anthropic"):
+        return track_anthropic(clients["anthropic"])
+    return track_gemini(clients["gemini"])
+
+
 def tracked_call(case: Case, path: str, request: pytest.FixtureRequest) -> Event:
     if path.startswith("langchain"):
         return langchain_call(case, path, request)
     fake = request.getfixturevalue("fake")
     fake.enqueue(fake_reply(case))
-    with tracking_context(service_tier=case.tier):
-        if path.startswith("openai"):
-            client = track_openai(request.getfixturevalue("openai_client"))
-            if path == "openai-chat":
-                result = client.chat.completions.create(model=case.model, messages=MSGS)
-            elif path == "openai-chat-stream":
-                result = client.chat.completions.create(
-                    model=case.model,
-                    messages=MSGS,
-                    stream=True,
-                    stream_options={"include_usage": True},
-                )
-                for _ in result:
-                    pass
-            else:
-                result = client.responses.create(model=case.model, input="hi")
+    with tracking_context(service_tier=case.tier, openrouter_cost=case.context_cost):
+        client = sdk_client(case, path, request.getfixturevalue("clients"))
+        if path == "openai-chat":
+            result = client.chat.completions.create(model=case.model, messages=MSGS)
+        elif path == "openai-chat-stream":
+            result = client.chat.completions.create(
+                model=case.model,
+                messages=MSGS,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            for _ in result:
+                pass
+        elif path == "openai-responses":
+            result = client.responses.create(model=case.model, input="hi")
+        elif path == "openai-embeddings":
+            result = client.embeddings.create(model=case.model, input="hi")
         elif path.startswith("anthropic"):
-            client = track_anthropic(request.getfixturevalue("anthropic_client"))
             kwargs = {"model": case.model, "max_tokens": 1024, "messages": MSGS}
             if path == "anthropic-create":
                 result = client.messages.create(**kwargs)
@@ -511,16 +431,24 @@ def tracked_call(case: Case, path: str, request: pytest.FixtureRequest) -> Event
             else:
                 with client.messages.stream(**kwargs) as result:
                     result.get_final_message()
+        elif path == "gemini-stream":
+            result = client.models.generate_content_stream(model=case.model, contents="hi")
+            for _ in result:
+                pass
         else:
-            client = track_gemini(request.getfixturevalue("gemini_client"))
             result = client.models.generate_content(model=case.model, contents="hi")
-    return Event.objects.get(tracking_id=result.fluxgate.tracking_id)
+    event = Event.objects.get(tracking_id=result.fluxgate.tracking_id)
+    assert event.source == "sdk"
+    assert event.streamed == (path.endswith("stream") or path == "anthropic-stream-helper")
+    return event
 
 
 def ingest_payload(case: Case) -> dict:
     payload = event_payload(
         provider=case.provider,
-        model=case.model,
+        model=case.served_model,
+        requested_model=case.model,
+        operation=case.operation,
         input_tokens=case.input,
         output_tokens=case.output,
         reasoning_tokens=case.reasoning,
@@ -532,6 +460,9 @@ def ingest_payload(case: Case) -> dict:
         payload["service_tier"] = case.tier
     if case.created_at:
         payload["created_at"] = case.created_at
+    if case.known_cost is not None:  # the client sends the cost it has, and where from
+        payload["cost_usd"] = str(case.known_cost)
+        payload["cost_source"] = case.source
     return payload
 
 
@@ -540,7 +471,9 @@ def ingested(case: Case) -> Event:
     payload = ingest_payload(case)
     response = post_json(api, EVENTS, payload)
     assert response.status_code == 202, response.content
-    return Event.objects.get(tracking_id=payload["tracking_id"])
+    event = Event.objects.get(tracking_id=payload["tracking_id"])
+    assert event.source == "api"
+    return event
 
 
 def assert_cost(event: Event, case: Case, path: str) -> None:
@@ -558,7 +491,12 @@ def assert_cost(event: Event, case: Case, path: str) -> None:
     else:
         assert event.cost_usd is not None
         assert abs(event.cost_usd - expected) <= TOLERANCE, (event.cost_usd, expected)
-    # The path carried the usage whole (FluxGate's convention).
+    # The path carried the call whole: who served it, and the usage (FluxGate's convention).
+    assert (event.provider, event.model, event.requested_model) == (
+        case.provider,
+        case.served_model,
+        case.model,
+    )
     assert (event.input_tokens, event.output_tokens, event.reasoning_tokens) == (
         case.input,
         case.output,
@@ -574,9 +512,15 @@ def assert_cost(event: Event, case: Case, path: str) -> None:
         assert event.cache_write_1h_tokens == case.cache_write
 
 
+#: A deprecated model is billed until its end of life (claude-opus-4-5): the SDK warns.
+_DEPRECATED = pytest.mark.filterwarnings("ignore:The model '.*' is deprecated:DeprecationWarning")
+
+
 def _marks(path: str) -> tuple[pytest.MarkDecorator, ...]:
     # An async run's event is written by another thread: it must see committed rows.
-    return (pytest.mark.django_db(transaction=True),) if path in ASYNC_PATHS else ()
+    if path in ASYNC_PATHS:
+        return (pytest.mark.django_db(transaction=True), _DEPRECATED)
+    return (_DEPRECATED,)
 
 
 @pytest.mark.parametrize(
@@ -584,6 +528,11 @@ def _marks(path: str) -> tuple[pytest.MarkDecorator, ...]:
     [pytest.param(c, p, id=f"{c.id}/{p}", marks=_marks(p)) for c in CASES for p in c.all_paths()],
 )
 def test_reference_cost(case, path, request):
+    if case.override is not None:
+        # The site's own price, saved as the admin saves it (this process sees it at once).
+        ModelPrice.objects.create(
+            provider=case.provider, model=case.override.model, **case.override.fields()
+        )
     if path == "ingest":
         event = ingested(case)
         if case.created_at:
@@ -591,6 +540,8 @@ def test_reference_cost(case, path, request):
     else:
         event = tracked_call(case, path, request)
         assert event.service_tier == (case.tier or event.service_tier)
+    if case.operation == "embeddings":
+        assert event.operation == "embeddings"
     assert_cost(event, case, path)
 
 
