@@ -323,7 +323,9 @@ def test_no_fluxgate_view_skips_csrf_for_sessions():
     for route, callback in views:
         cls = getattr(callback, "cls", None)
         if cls is None:
-            assert not getattr(callback, "csrf_exempt", False), route
+            # (The gateway's views take a key header only, never a session: see below.)
+            exempt = getattr(callback, "csrf_exempt", False)
+            assert not exempt or getattr(callback, "fluxgate_key_only", False), route
             continue
         for auth in cls.authentication_classes:
             assert issubclass(auth, BaseAuthentication), route
@@ -333,6 +335,20 @@ def test_no_fluxgate_view_skips_csrf_for_sessions():
                 # Anything else (DRF's default Basic auth on the router's root view) only
                 # on read-only views: a browser may replay Basic credentials by itself.
                 assert not _unsafe_methods(callback), (route, auth)
+
+
+@pytest.mark.django_db
+def test_the_gateway_ignores_a_signed_in_session(client, django_user_model):
+    """The gateway is exempt from CSRF because a session cookie never authenticates it: a
+    signed-in superuser's POST without a key is a 401, and no provider is asked."""
+    user = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(user)
+    for url, body in [
+        ("/fluxgate/v1/chat/completions", {"model": "gpt-4o", "messages": []}),
+        ("/fluxgate/anthropic/v1/messages", {"model": "claude-sonnet-4-6", "messages": []}),
+    ]:
+        response = client.post(url, body, content_type="application/json")
+        assert response.status_code == 401, (url, response.content)
 
 
 def _unsafe_methods(callback: Any) -> set[str]:

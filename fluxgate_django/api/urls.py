@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from . import reports, schema, views
+from . import otlp, reports, schema, views
 
 app_name = "api"
 
@@ -21,6 +21,8 @@ urlpatterns = [
     path("reports/timeseries/", reports.TimeseriesView.as_view(), name="report-timeseries"),
     path("schema/", schema.SchemaView.as_view(), name="schema"),
     path("schema/docs/", schema.DocsView.as_view(), name="docs"),
+    # OpenTelemetry GenAI spans in (OTLP/HTTP's path for traces).
+    path("otlp/v1/traces", otlp.OTLPTracesView.as_view(), name="otlp-traces"),
     # The LLM-service endpoints: complete/, metrics/, config/strategy/, health/.
     path("", include("fluxgate_django.api.service_urls")),
     *router.urls,
