@@ -208,6 +208,8 @@ cat <<BANNER
     Budgets:     $url/admin/fluxgate_django/budget/
     Demo views:  $url/chat/?q=Hello
                  $url/summarize/?text=Some+long+text
+    LLM gateway: $url/fluxgate/v1 (OpenAI SDK), $url/fluxgate/anthropic (Anthropic SDK),
+                 with a key made at $url/admin/fluxgate_django/apikey/add/
     (LLM calls go to the demo's fake provider at $FLUXGATE_FAKE_URL)
 
 BANNER

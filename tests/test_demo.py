@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -20,7 +21,7 @@ from fluxgate_django.management.commands.fluxgate_demo import (
     FeatureCost,
     format_cost_table,
 )
-from fluxgate_django.models import Event, Team
+from fluxgate_django.models import ApiKey, Event, Team
 from fluxgate_django.testing import FakeReply
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,6 +104,44 @@ def test_demo_records_a_realistic_workload_and_prints_the_cost_table():
     assert routed.filter(feature="ab-test-claude").exists()
     assert "through LLMService routes" in output
 
+    # Through the site's own gateway with the stock SDKs and a key of team search: a call,
+    # a stream, and a streamed route whose OpenAI model is down (503) and whose Claude
+    # model serves it (translated back to OpenAI chunks).
+    gateway = Event.objects.filter(metadata__has_key="demo_run", source="gateway")
+    assert [
+        (e.metadata["demo_call"], e.provider, e.model, e.streamed, e.status, e.fallback_attempt)
+        for e in gateway.order_by("metadata__demo_call", "fallback_attempt")
+    ] == [
+        (0, "openai", "gpt-4o-mini", False, "SUCCESS", 0),
+        (1, "anthropic", "claude-haiku-4-5", True, "SUCCESS", 0),
+        (2, "openai", "gpt-4.1-mini", True, "ERROR", 0),
+        (2, "anthropic", "claude-haiku-4-5", True, "SUCCESS", 1),
+    ]
+    key = ApiKey.objects.get(name="demo gateway")
+    assert key.team.slug == "search" and key.revoked_at is not None  # (no usable key left)
+    assert {(e.team.slug, e.feature, e.metadata["api_key"]) for e in gateway} == {
+        ("search", "gateway", key.prefix)
+    }
+    assert gateway.get(metadata__demo_call=2, status="SUCCESS").metadata["gateway_model"] == (
+        "route:faq"
+    )
+    lines = output.splitlines()
+    title = next(i for i, line in enumerate(lines) if line.startswith("Through the gateway"))
+    assert re.match(r"Through the gateway at http://127\.0\.0\.1:\d+/fluxgate/ ", lines[title])
+    assert f"team search's key {key.prefix}" in lines[title]
+    rows = [line.split() for line in lines[title + 3 : title + 6]]
+    served_calls = gateway.filter(status="SUCCESS").order_by("metadata__demo_call")
+    for row, served in zip(rows, served_calls, strict=True):
+        assert served.cost_usd is not None and served.cost_usd > 0
+        assert row[3:5] == [
+            f"{served.provider}/{served.model}",
+            f"${served.cost_usd.quantize(Decimal('0.000001'))}",
+        ]
+    assert rows[2][:3] == ["openai", "route:faq", "yes"]
+    assert lines[title + 5].endswith("(fell back from openai/gpt-4.1-mini: 503)")
+    gateway_row = next(line for line in lines if line.startswith("gateway "))
+    assert gateway_row.split()[1:3] == ["4", "1"]  # (in the cost table: 4 attempts, 1 failed)
+
 
 @pytest.mark.django_db(transaction=True)
 @override_settings(FLUXGATE=THREAD_RECORDER)
@@ -115,6 +154,11 @@ def test_demo_is_rerunnable_and_never_resets_the_admin_password():
     assert User.objects.get(username="admin").check_password("s3cret-pass")
     assert set(Team.objects.values_list("slug", flat=True)) == {"search", "support", "growth"}
     assert Event.objects.filter(metadata__has_key="demo_run", source="sdk").count() == 6
+    # Each run makes its own gateway key (an earlier run's is gone) and revokes it.
+    (key,) = ApiKey.objects.filter(name="demo gateway")
+    assert key.revoked_at is not None
+    assert Event.objects.filter(source="gateway", metadata__api_key=key.prefix).count() == 4
+    assert Event.objects.filter(source="gateway", status="SUCCESS").count() == 6
 
 
 def test_cost_table_never_shows_unpriced_as_zero():

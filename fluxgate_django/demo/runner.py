@@ -1,7 +1,7 @@
 """One whole demo run: the demo users, a month of history, a fake provider (started here
-or a running one), the planned SDK calls, then the routed ``LLMService`` calls, all tagged
-with one run id; then a budget per team (one near its limit, one over it) and a call the
-over-budget team makes, refused."""
+or a running one), the planned SDK calls, then the routed ``LLMService`` calls and the
+calls through the site's LLM gateway, all tagged with one run id; then a budget per team
+(one near its limit, one over it) and a call the over-budget team makes, refused."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 from .. import flush, tracking_context
 from ..testing import FakeProvider
 from .budgets import BudgetState, create_budgets, try_over_budget_call
+from .gateway import GatewayDemo, run_gateway_demo
 from .history import History, seed_history
 from .service import run_service_demo
 from .users import create_teams_and_users
@@ -39,6 +40,7 @@ class DemoRun:
     history: History | None = None  # the past days seeded (None: --days 0)
     budgets: list[BudgetState] = field(default_factory=list)
     refusal: str = ""  # what the over-budget team's call did
+    gateway: GatewayDemo | None = None  # the calls through the gateway
 
 
 @contextmanager
@@ -69,7 +71,8 @@ def run_demo(
     log: Callable[[str], Any] | None = None,
 ) -> DemoRun:
     """Create the demo users, seed the ``days`` past days not seeded yet, make ``calls``
-    planned calls and the routed ones, then the demo budgets and a call they refuse.
+    planned calls, the routed ones and the gateway's, then the demo budgets and a call
+    they refuse.
 
     ``fake_url``: use a running fake provider (its replies cannot be scripted, so no errors
     are injected). ``log``: called with a line per call when given. Flushes before the
@@ -86,6 +89,7 @@ def run_demo(
         caught, refused = run_calls(plan, users, fake, run_id, log)
         with tracking_context(metadata={"demo_run": run_id}, tags=["demo"]):
             routed = run_service_demo(base_url, fake, users, rounds=max(2, calls // 20))
+        gateway = run_gateway_demo(base_url, fake, run_id)
         if budgets:
             flush(timeout=60)
             states = create_budgets()
@@ -102,4 +106,5 @@ def run_demo(
         history=history,
         budgets=states,
         refusal=refusal,
+        gateway=gateway,
     )

@@ -192,18 +192,34 @@ class Attempt:
             data = json.loads(content)
         except ValueError:
             data = None
-        with capture_internal_exceptions("recording a gateway call"):
-            call.succeed(as_view(data) if isinstance(data, dict) else UNREADABLE)
-        if self.crossing:
-            content = self._translated(data)
+        refusal: GatewayError | None = None
+        try:
+            if self.crossing:
+                content = self._translated(data)
+        except GatewayError as error:  # served (and billed), but not expressible: a 502
+            refusal = error
+            call.ctx = call.ctx.merge(metadata={"gateway_error": error.message})
+        finally:  # (recorded whatever the translation did)
+            with capture_internal_exceptions("recording a gateway call"):
+                call.succeed(as_view(data) if isinstance(data, dict) else UNREADABLE)
+        if refusal is not None:
+            answer = self.exchange.caller.error_response(refusal)
+            for name, value in passed_headers(response.headers).items():
+                answer.setdefault(name, value)
+            return Outcome(self._tagged(answer))  # (neutral: never cached, not retried)
         return Outcome(self._tagged(upstream.passed_on(response, content)), verdict="success")
 
     def _translated(self, data: Any) -> bytes:
-        """The upstream's answer in the caller's protocol (a 502 if it can't be read)."""
+        """The upstream's answer in the caller's protocol (a 502 if it can't be given)."""
         try:
             payload = crossing.response_body(
-                self.exchange.caller.name, data, model=self.exchange.target.requested
+                self.exchange.caller.name,
+                data,
+                model=self.exchange.target.requested,
+                source=self.ref.model,
             )
+        except GatewayError:
+            raise
         except Exception as exc:
             with capture_internal_exceptions("translating an answer"):
                 raise
@@ -221,6 +237,7 @@ class Attempt:
                 self.exchange.caller.name,
                 model=self.exchange.target.requested,
                 include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
+                source=self.ref.model,
             )
         answer = StreamingHttpResponse(
             self._relay(events, response, translator),
@@ -241,7 +258,8 @@ class Attempt:
         """The upstream's events, as it sent them (or translated), read as the caller
         reads: a slow reader slows the upstream read (backpressure), one that goes away
         closes it. An upstream that breaks off mid-stream ends the caller's stream with
-        an error event in its protocol."""
+        an error event in its protocol; so does an upstream event the caller's protocol
+        can't express, once the rest of the upstream stream is read (for its usage)."""
         hidden = self.hidden
         try:
             async for event in events:
@@ -253,6 +271,15 @@ class Attempt:
             if translator is not None:
                 for piece in translator.finish():
                     yield piece
+        except GatewayError as error:  # (from the translator)
+            if self.call is not None:
+                self.call.ctx = self.call.ctx.merge(metadata={"gateway_error": error.message})
+            try:
+                async for _ in events:  # (observe() records the stream at its end)
+                    pass
+            except Exception:  # (an upstream failure is recorded by observe())
+                pass
+            yield self.exchange.caller.stream_error(error.kind, error.message)
         except Exception as exc:  # (an upstream failure is recorded by observe())
             if classify(exc) != "retry":  # FluxGate's own (translating): logged
                 with capture_internal_exceptions("relaying a stream"):

@@ -5,7 +5,10 @@ Only ``chat/completions`` and ``messages`` cross (the other endpoints have no
 counterpart: a route that would send them across is refused with a 400). What can't be
 translated (``translate.Untranslatable``) is a 400 naming it, before anything is sent.
 The upstream's own answer is what is read for usage and cost; the caller gets it in its
-own protocol.
+own protocol. An answer the caller's protocol can't express (an Anthropic
+``server_tool_use`` block, tool arguments that are not JSON, a malformed body) is a 502
+naming it (:func:`untranslatable_answer`), mid-stream an error event in the caller's
+protocol: its event is still recorded with the upstream's usage and cost.
 """
 
 from __future__ import annotations
@@ -49,11 +52,32 @@ def request_body(caller: str, body: dict[str, Any], *, model: str) -> dict[str, 
         ) from exc
 
 
-def response_body(caller: str, response: dict[str, Any], *, model: str) -> dict[str, Any]:
-    """The upstream's answer in the caller's protocol."""
-    if caller == "openai":
-        return dict(translate.anthropic_message_to_openai_chat(response, model=model))
-    return dict(translate.openai_chat_to_anthropic_message(response, model=model))
+_PROTOCOL_NAMES = {"openai": "OpenAI", "anthropic": "Anthropic"}
+
+
+def untranslatable_answer(caller: str, source: str, exc: translate.Untranslatable) -> GatewayError:
+    """The 502 of an upstream answer (from ``source``, a model) that can't be given in
+    the ``caller``'s protocol. Not to be retried by the caller's SDK: the answer was
+    served, and billed."""
+    return GatewayError(
+        502,
+        "bad_gateway",
+        f"FluxGate: the answer of {source!r} can't be given in the "
+        f"{_PROTOCOL_NAMES.get(caller, caller)} protocol: {exc.feature} can't be translated.",
+        headers={"x-should-retry": "false"},
+    )
+
+
+def response_body(
+    caller: str, response: Any, *, model: str, source: str = "the upstream"
+) -> dict[str, Any]:
+    """The upstream's answer in the caller's protocol (GatewayError 502: it can't be)."""
+    try:
+        if caller == "openai":
+            return dict(translate.anthropic_message_to_openai_chat(response, model=model))
+        return dict(translate.openai_chat_to_anthropic_message(response, model=model))
+    except translate.Untranslatable as exc:
+        raise untranslatable_answer(caller, source, exc) from exc
 
 
 def error(caller: str, status: int, content: bytes) -> tuple[int, dict[str, Any]]:
@@ -64,9 +88,14 @@ def error(caller: str, status: int, content: bytes) -> tuple[int, dict[str, Any]
 
 
 class StreamTranslator:
-    """The upstream's stream events in the caller's protocol, as SSE bytes."""
+    """The upstream's stream events in the caller's protocol, as SSE bytes (an event the
+    caller's protocol can't express: GatewayError 502, see :func:`untranslatable_answer`)."""
 
-    def __init__(self, caller: str, *, model: str, include_usage: bool) -> None:
+    def __init__(
+        self, caller: str, *, model: str, include_usage: bool, source: str = "the upstream"
+    ) -> None:
+        self.caller = caller
+        self.source = source
         self.to_openai: translate.AnthropicToOpenAIStream | None = None
         self.to_anthropic: translate.OpenAIToAnthropicStream | None = None
         if caller == "openai":
@@ -79,10 +108,13 @@ class StreamTranslator:
     def feed(self, event: SseEvent) -> list[bytes]:
         if event.data is None:  # OpenAI's [DONE] (the caller's end is written by finish())
             return []
-        if self.to_openai is not None:
-            return [sse_data(chunk) for chunk in self.to_openai.feed(event.event, event.data)]
-        assert self.to_anthropic is not None
-        return [sse_named(name, data) for name, data in self.to_anthropic.feed(event.data)]
+        try:
+            if self.to_openai is not None:
+                return [sse_data(chunk) for chunk in self.to_openai.feed(event.event, event.data)]
+            assert self.to_anthropic is not None
+            return [sse_named(name, data) for name, data in self.to_anthropic.feed(event.data)]
+        except translate.Untranslatable as exc:
+            raise untranslatable_answer(self.caller, self.source, exc) from exc
 
     def finish(self) -> list[bytes]:
         if self.to_openai is not None:

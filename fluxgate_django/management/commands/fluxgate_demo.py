@@ -32,6 +32,7 @@ from django.db import connections, router
 from fluxgate_django import flush
 from fluxgate_django.alerts import wait_for_notifications
 from fluxgate_django.demo.budgets import format_budgets
+from fluxgate_django.demo.gateway import format_gateway
 from fluxgate_django.demo.report import FeatureCost, cost_by_feature, format_cost_table
 from fluxgate_django.demo.runner import DemoError, run_demo
 from fluxgate_django.demo.users import ADMIN_PASSWORD, DemoUserError, admin_login
@@ -131,6 +132,8 @@ class Command(BaseCommand):
             f"{run.routed} through LLMService routes (summarize, code-review, chat, "
             f"translation, with a fallback and an A/B test), run {run.run_id}.\n"
         )
+        if run.gateway is not None:
+            self.stdout.write("\n" + format_gateway(run.gateway) + "\n\n")
         self.stdout.write(format_cost_table(cost_by_feature(run.run_id)))
         if run.budgets:
             self.stdout.write("\n" + format_budgets(run.budgets))
