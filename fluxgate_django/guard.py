@@ -10,7 +10,9 @@ is recorded as a ``BUDGET_EXCEEDED`` event and refused with
 reservation travels on the call's event (``make_record(budget_reservation=...)``) and is
 settled with the real cost when the event is submitted, at the end of the call (see
 :mod:`fluxgate_django.ledger`). Ingested events (made elsewhere) are charged by
-:func:`charge_ingested` the same way, with a reservation of 0.
+:func:`charge_ingested` the same way, with a reservation of 0 — those priced by FluxGate
+always, those whose client gave the cost only when the API key has
+``may_charge_budgets`` (:mod:`fluxgate_django.api.ingest` decides).
 
 When the guard cannot decide — the database is unreachable, or the guard itself fails
 (a bug: any exception that is not a refusal) — ``FLUXGATE["BUDGET_FAIL_OPEN"]`` decides,
@@ -431,6 +433,8 @@ def _reject(
     from .models import SpendCounter
 
     team = refusal.ctx.team
+    if isinstance(team, Deferred) and team.ready():  # (the middleware's: its slug, no I/O)
+        team = team.resolve()
     scope = f"team {team!r}{' feature ' + repr(budget.feature) if budget.feature else ''}"
     try:
         if reserved:
@@ -479,7 +483,8 @@ def _check_runaway_block(refusal: _Refusal, team_id: int) -> None:
 def charge_ingested(team_id: int, feature: str, created_at: Any) -> dict[str, Any] | None:
     """The reservation an ingested event carries (``make_record(budget_reservation=...)``)
     so that the recorder charges its cost to the budgets that applied when it was made:
-    a reservation of 0 on the counters of the event's window. None: no budget applies."""
+    a reservation of 0 on the counters of the event's window. None: no budget applies.
+    (Not asked for an event whose client-supplied cost may not charge budgets.)"""
     budgets = ledger.applicable_budgets(team_id, feature)
     if not budgets:
         return None

@@ -165,6 +165,12 @@ def counter_ids(budgets: Iterable[BudgetInfo], now: dt.datetime | None = None) -
 
 # -- settlement in the recorder (write hooks) -------------------------------------------
 
+#: The metadata key of an event whose budget charge is not its ``cost_usd``: an unpriced
+#: event charged its estimate (``note_estimate_charges``), or an ingested event whose
+#: client-supplied cost does not count towards budgets (``"0"``: its key lacks
+#: ``may_charge_budgets``). ``window_spend`` counts this amount instead of the cost.
+BUDGET_CHARGED_KEY = "budget_charged_usd"
+
 
 def note_estimate_charges(records: Sequence[EventRecord]) -> None:
     """Write hook (before rows are made): note on each unpriced record charged its
@@ -175,7 +181,7 @@ def note_estimate_charges(records: Sequence[EventRecord]) -> None:
             if charged:
                 record.metadata = {
                     **record.metadata,
-                    "budget_charged_usd": str(from_units(charged)),
+                    BUDGET_CHARGED_KEY: str(from_units(charged)),
                 }
 
 
@@ -279,9 +285,10 @@ settler = _Settler()
 
 
 def window_spend(budget: Any, start: dt.date) -> Decimal:
-    """What the budget's stored events in the window starting on ``start`` cost: their
-    priced costs plus the estimates charged for unpriced ones (``note_estimate_charges``),
-    read on the counters' database (not a replica that may lag)."""
+    """What the budget's stored events in the window starting on ``start`` charged it:
+    their costs, except where an event notes another charge (``BUDGET_CHARGED_KEY``: the
+    estimate charged for an unpriced event, 0 for an ingested cost that does not count
+    towards budgets), read on the counters' database (not a replica that may lag)."""
     from .models import Event
 
     lower, upper = window_bounds(budget.period, start)
@@ -290,16 +297,16 @@ def window_spend(budget: Any, start: dt.date) -> Decimal:
     )
     if budget.feature:
         events = events.filter(feature=budget.feature)
-    priced = events.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
-    estimated = sum(
-        (
-            Decimal(m["budget_charged_usd"])
-            for m in events.filter(cost_usd__isnull=True).values_list("metadata", flat=True)
-            if isinstance(m, dict) and "budget_charged_usd" in m
-        ),
-        Decimal(0),
-    )
-    return priced + estimated
+    total = events.aggregate(total=Sum("cost_usd"))["total"] or Decimal(0)
+    noted = events.filter(metadata__has_key=BUDGET_CHARGED_KEY)
+    for cost, metadata in noted.values_list("cost_usd", "metadata"):
+        try:
+            charged = Decimal(str(metadata[BUDGET_CHARGED_KEY]))
+        except (ArithmeticError, ValueError, TypeError, KeyError):
+            continue  # (not a charge FluxGate noted: the cost counts)
+        if charged.is_finite():
+            total += charged - (cost or Decimal(0))
+    return total
 
 
 def reconcile(budget: Any, *, release_reservations: bool = False) -> Any:

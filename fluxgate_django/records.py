@@ -263,7 +263,9 @@ class EventRecord:
             value = getattr(self, f)
             if compact and value.__class__ is default.__class__ and value == default:
                 continue
-            if isinstance(value, (uuid.UUID, Decimal)):
+            if isinstance(value, Decimal):
+                value = format(value, "f")  # (plain notation, as the ingest API takes it)
+            elif isinstance(value, uuid.UUID):
                 value = str(value)
             elif isinstance(value, dt.datetime):
                 value = value.isoformat()

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from .alerts import dispatch_anomaly_notification
 from .conf import fluxgate_settings
+from .ledger import BUDGET_CHARGED_KEY
 from .money import from_units, to_units
 from .signals import spend_anomaly_detected
 
@@ -58,13 +59,18 @@ _created: list[Any] = [None, set()]
 def count_written(batch: Any) -> None:
     """Write hook (after commit): feed runaway detection with a batch's spend per team and
     feature — of calls made within its window: an ingested or replayed event dated
-    earlier is not this minute's spend."""
+    earlier is not this minute's spend, nor is an ingested cost that does not count
+    towards budgets (``BUDGET_CHARGED_KEY``: its key lacks ``may_charge_budgets``)."""
     if not fluxgate_settings.RUNAWAY_DETECTION.get("enabled"):
         return
     cutoff = timezone.now() - dt.timedelta(minutes=int(_options()["window_minutes"]))
     costs: dict[tuple[int, str], Any] = {}
     for record in batch.records:
-        if record.cost_usd is None or _before(record.created_at, cutoff):
+        if (
+            record.cost_usd is None
+            or BUDGET_CHARGED_KEY in record.metadata
+            or _before(record.created_at, cutoff)
+        ):
             continue
         team_id = batch.team_id(record)
         if team_id is not None:

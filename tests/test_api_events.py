@@ -314,6 +314,8 @@ def test_ingest_is_rate_limited_per_key(w):
 
 
 def test_ingested_events_are_charged_to_the_team_budgets(api, w):
+    w.key_a.may_charge_budgets = True  # (its client-supplied costs count too)
+    w.key_a.save()
     budget = make_budget(w.team_a, period="month", limit_usd=Decimal("1"))
     scoped = make_budget(w.team_a, feature="other", period="day", limit_usd=Decimal("1"))
     event = event_payload(input_tokens=1000, cache_read_tokens=200, output_tokens=500)
@@ -432,6 +434,8 @@ def test_ingest_goes_through_the_site_recorder_and_charges_budgets(w):
     from tests.helpers import fluxgate_overrides
 
     budget = make_budget(w.team_a, period="day", limit_usd=Decimal("1"))
+    w.key_a.may_charge_budgets = True  # (its client-supplied costs count too)
+    w.key_a.save()
     api = w.client("key_a")
     with fluxgate_overrides(RECORDER="thread", FLUSH_INTERVAL=60, BATCH_SIZE=1000):
         assert isinstance(get_recorder(), ThreadRecorder)

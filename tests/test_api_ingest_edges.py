@@ -336,7 +336,8 @@ def test_the_answer_is_what_drf_fields_make_of_it(api):
         "events": [
             {"tracking_id": uuid.UUID(e["tracking_id"]), "duplicate": i == 0,
              "cost_usd": Decimal("0.1234567891") if i == 1 else None,
-             "cost_source": ["", "client", "unknown"][i]}
+             "cost_source": ["", "client", "unknown"][i],
+             "counts_towards_budgets": i == 2}  # (1: the client's cost, a key without the flag)
             for i, e in enumerate(events)
         ],
     }  # fmt: skip

@@ -1,6 +1,8 @@
-"""The OpenAPI schema (drf-spectacular) and a property-based run against it (schemathesis):
-whatever the generated request, as a team's API key or as staff, the API never answers 5xx,
-and its successful responses match the schema."""
+"""The OpenAPI schema (drf-spectacular): what it documents (every operation's error
+responses among them), answers that match it, and a property-based run against it as staff
+(schemathesis): whatever the generated request, the API never answers 5xx, and its
+successful responses match the schema. (schemathesis' full run, as a team's API key:
+tests/test_schemathesis.py.)"""
 
 from __future__ import annotations
 
@@ -95,22 +97,8 @@ EXAMPLES = {
     ),
 }
 
-#: Writes an API key is refused before its body is read (see test_api_permissions):
-#: generating bodies for them as a key would only test the 403 again.
-_KEY_REFUSED = ("POST /fluxgate/api/teams/", "/fluxgate/api/budgets/", "/fluxgate/api/api-keys/")
-
-
-def _refused_to_keys(label: str) -> bool:
-    method, path = label.split(" ", 1)
-    return method != "GET" and any(
-        label.startswith(prefix) or path.startswith(prefix) for prefix in _KEY_REFUSED
-    )
-
-
-def _auth(world, who: str) -> dict:
-    """``case.call()`` arguments authenticating as ``who``."""
-    if who == "key":
-        return {"headers": {"Authorization": f"Bearer {world.secret_a}"}}
+def _staff_session(world) -> dict:
+    """``case.call()`` arguments authenticating as staff: session cookie and CSRF token."""
     client = Client()
     client.force_login(world.staff)
     token = _get_new_csrf_string()
@@ -126,22 +114,28 @@ def _auth(world, who: str) -> dict:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-@pytest.mark.parametrize("who", ["key", "staff"])
-def test_generated_requests_never_get_a_5xx(wsgi_app, who, mode):
-    """Up to 30 valid and 20 invalid generated requests per operation, as team A's key and
-    as staff (with session and CSRF token): no 5xx; 2xx responses conform to the schema."""
+def test_generated_requests_as_staff_never_get_a_5xx(wsgi_app, settings, fake, mode):
+    """Up to 30 valid and 20 invalid generated requests per operation as staff (with
+    session and CSRF token), who may use every one: no 5xx; 2xx responses conform to the
+    schema. (As a team's key, tests/test_schemathesis.py runs every check of
+    schemathesis.) LLM calls go to the fake provider."""
+    settings.FLUXGATE = {
+        **settings.FLUXGATE,
+        "PROVIDERS": {
+            "openai": {"api_key": "sk-fake", "base_url": fake.openai_base_url, "timeout": 5},
+            "anthropic": {"api_key": "sk-fake", "base_url": fake.anthropic_base_url},
+        },
+    }
     world = make_world()
     make_event(world.team_a)
     make_budget(world.team_a)
     schema = schemathesis.openapi.from_wsgi(f"{SCHEMA}?format=json", wsgi_app)
-    auth = _auth(world, who)
+    auth = _staff_session(world)
     failures = {}
     operations = 0
     for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
-        if who == "key" and _refused_to_keys(operation.label):
-            continue
 
         @EXAMPLES[mode]
         @given(case=operation.as_strategy(generation_mode=mode))
@@ -157,3 +151,155 @@ def test_generated_requests_never_get_a_5xx(wsgi_app, who, mode):
             failures[operation.label] = exc
     assert operations >= sum(len(methods) for methods in ENDPOINTS.values())
     assert not failures, "\n\n".join(f"{label}: {exc}" for label, exc in failures.items())
+
+
+# -- what the schema says every operation can answer, and that the answers say it too ----
+
+
+def _schema() -> dict:
+    return json.loads(Client().get(SCHEMA, {"format": "json"}).content)
+
+
+def _operations(schema: dict):
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            if method in ("get", "post", "put", "patch", "delete"):
+                yield f"{method.upper()} {path}", operation
+
+
+@pytest.mark.django_db
+def test_every_operation_documents_its_error_responses():
+    """Every operation (all need credentials): 401 with its challenge, 403, 429 with
+    Retry-After; with parameters or a body, 400 (field messages); with an id or pages, 404;
+    with a body, 413 and 415. Each error has its body's schema."""
+    schema = _schema()
+    components = schema["components"]["schemas"]
+    assert components["Error"]["required"] == ["detail"]
+    assert "ValidationError" in components
+    for label, operation in _operations(schema):
+        responses = operation["responses"]
+        assert operation["security"], label
+        assert {"401", "403", "429"} <= set(responses), label
+        assert "WWW-Authenticate" in responses["401"]["headers"], label
+        assert responses["429"]["headers"]["Retry-After"]["schema"]["type"] == "integer", label
+        where = {p["in"] for p in operation.get("parameters", [])}
+        names = {p["name"] for p in operation.get("parameters", [])}
+        if "requestBody" in operation or "query" in where:
+            body = responses["400"]["content"]["application/json"]["schema"]
+            assert body == {"$ref": "#/components/schemas/ValidationError"}, label
+        if "path" in where or names & {"page", "cursor"}:
+            assert "404" in responses, label
+        if "requestBody" in operation:
+            assert {"413", "415"} <= set(responses), label
+        for status, response in responses.items():
+            if status[0] in "45":
+                assert "application/json" in response["content"], (label, status)
+    ingest = schema["paths"]["/fluxgate/api/events/"]["post"]
+    assert ingest["responses"]["400"]["description"] == "Invalid event(s); nothing was stored."
+    assert ingest["requestBody"]["required"] is True
+    complete = schema["paths"]["/fluxgate/api/complete/"]["post"]
+    assert {"402", "503"} <= set(complete["responses"])
+    assert list(complete["requestBody"]["content"]) == ["application/json"]
+
+
+def _validated(case, response) -> None:
+    """Every check of the response against the operation's documented responses."""
+    from schemathesis.checks import (
+        content_type_conformance,
+        response_headers_conformance,
+        status_code_conformance,
+    )
+
+    case.validate_response(
+        response,
+        checks=[
+            status_code_conformance,
+            content_type_conformance,
+            response_headers_conformance,
+            response_schema_conformance,
+        ],
+    )
+
+
+@pytest.mark.django_db
+def test_a_key_past_the_failed_authentication_limit_gets_the_documented_429(wsgi_app, settings):
+    """Past AUTH_FAILURE_RATE, even the right key is refused: 429 with Retry-After, as
+    the schema documents it for every operation."""
+    settings.FLUXGATE = {**settings.FLUXGATE, "AUTH_FAILURE_RATE": "2/min"}
+    world = make_world()
+    schema = schemathesis.openapi.from_wsgi(f"{SCHEMA}?format=json", wsgi_app)
+    events = schema["/fluxgate/api/events/"]["GET"]
+    for _ in range(2):
+        wrong = events.Case(headers={"Authorization": "Bearer fg_live_wrong"}).call()
+        assert wrong.status_code == 401
+        _validated(events.Case(), wrong)
+    right = {"Authorization": f"Bearer {world.secret_a}"}
+    for operation in (events, schema["/fluxgate/api/reports/breakdown/"]["GET"]):
+        case = operation.Case(headers=right)
+        throttled = case.call()
+        assert throttled.status_code == 429
+        headers = {name.lower(): values for name, values in throttled.headers.items()}
+        assert int(headers["retry-after"][0]) >= 1
+        _validated(case, throttled)
+
+
+@pytest.mark.django_db
+def test_a_hidden_webhook_url_is_answered_as_the_schema_says(wsgi_app):
+    """A team member (and a key) sees a budget's webhook URL as "(hidden)": one of the
+    values the schema gives for it."""
+    world = make_world()
+    make_budget(world.team_a, webhook_url="https://hooks.example.com/services/T0/B0/secret")
+    schema = schemathesis.openapi.from_wsgi(f"{SCHEMA}?format=json", wsgi_app)
+    budgets = schema["/fluxgate/api/budgets/"]["GET"]
+    case = budgets.Case(headers={"Authorization": f"Bearer {world.secret_a}"})
+    response = case.call()
+    assert response.status_code == 200
+    assert [b["webhook_url"] for b in response.json()["results"]] == ["(hidden)"]
+    _validated(case, response)
+
+
+@pytest.mark.django_db
+def test_list_parameters_are_validated_as_given():
+    """``page_size`` that is not a whole number from 1 is a 400, not silently the
+    default; an empty ``team=`` is a 400, not every team; a date-time at the ends of the
+    calendar filters like the first or last moment, not a 500."""
+    world = make_world()
+    event = make_event(world.team_a)
+    key = world.client("key_a")
+    for path in (f"{API}events/", f"{API}teams/", f"{API}budgets/"):
+        for size in ("abc", "0", "-1", "1.5"):
+            response = key.get(path, {"page_size": size})
+            assert response.status_code == 400, (path, size)
+            assert "page_size" in response.json()
+        assert key.get(path, {"page_size": "5000"}).status_code == 200
+    for path in (f"{API}events/", f"{API}reports/breakdown/", f"{API}reports/timeseries/"):
+        response = key.get(path, {"team": ""})
+        assert response.status_code == 400 and "team" in response.json(), path
+    everything = key.get(
+        f"{API}events/", {"start": "0001-01-01T00:00:00+01:00", "end": "9999-12-31"}
+    )
+    assert everything.status_code == 200
+    assert [e["tracking_id"] for e in everything.json()["results"]] == [str(event.tracking_id)]
+    late = key.get(f"{API}events/", {"end": "9999-12-31T23:59:59-23:59"})
+    assert late.status_code == 200 and len(late.json()["results"]) == 1
+
+
+@pytest.mark.django_db
+def test_a_detail_url_with_any_id_is_the_documented_json_404():
+    world = make_world()
+    key = world.client("key_a")
+    for path in ("budgets/1.5/", "teams/x.y/", "events/not-a-uuid/"):
+        response = key.get(f"{API}{path}")
+        assert response.status_code == 404, path
+        assert response["Content-Type"] == "application/json"
+        assert "detail" in response.json()
+
+
+@pytest.mark.django_db
+def test_complete_takes_json_only():
+    """Its messages are a list of objects: a form is refused (415), as documented."""
+    world = make_world()
+    response = world.client("key_a").post(
+        f"{API}complete/", {"model": "gpt-4o-mini", "messages": "hi"}
+    )
+    assert response.status_code == 415

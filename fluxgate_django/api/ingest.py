@@ -22,14 +22,25 @@ event without ``cost_usd`` is priced here by the same code as every other event
 (``usage-missing``, ``not-billed``...). Events go through the site's recorder like any
 other event, are stored idempotently by ``tracking_id``, and are charged to the team's
 budgets (the budget guard's ``charge_ingested``) in the transaction that stores them.
+
+A cost the client supplied (``cost_usd`` given) counts towards the team's budgets only if
+the key may say so (``ApiKey.may_charge_budgets``, off by default): otherwise a key could
+exhaust its team's budgets, and block the team's real calls, with made-up costs. Such an
+event is stored and reported all the same; it notes ``metadata["budget_charged_usd"] =
+"0"`` (``ledger.BUDGET_CHARGED_KEY``: what budgets counted, so that ``reconcile`` and a
+budget created later count it alike; runaway detection skips it too), and the answer
+says ``counts_towards_budgets: false``. An event priced here counts, whatever the key.
+That metadata key is FluxGate's: a client's own value of it is dropped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import io
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -44,11 +55,22 @@ from rest_framework import serializers
 
 from ..builder import REFUSED_KEY, make_records, now
 from ..guard import charge_ingested
+from ..ledger import BUDGET_CHARGED_KEY
 from ..models import COST_FIELD, Event, Team
 from ..money import MAX_EVENT_COST_USD
 from ..pipeline import finish_record, submit_batch
 from ..records import FAILED_STATUSES, CostSource, EventRecord, Source, Status
-from .validator import FALLBACK, compile_serializer, compile_text, register
+from .validator import (
+    CANONICAL_UUID,
+    FALLBACK,
+    compile_boolean,
+    compile_float,
+    compile_integer,
+    compile_serializer,
+    compile_text,
+    compile_uuid,
+    register,
+)
 
 try:
     import psycopg
@@ -94,6 +116,84 @@ class TextField(serializers.CharField):
 register(TextField, compile_text)
 
 
+class JSONBooleanField(serializers.BooleanField):
+    """JSON ``true`` or ``false`` only (DRF's also takes 0, 1, "yes", "true"...)."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if data is True or data is False:
+            return data
+        self.fail("invalid", input=data)
+        return False  # pragma: no cover - fail() raises
+
+
+class JSONIntegerField(serializers.IntegerField):
+    """A JSON number without a fraction only (DRF's also takes the string "5")."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class JSONFloatField(serializers.FloatField):
+    """A JSON number only (DRF's also takes the string "1.5", and true)."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class CanonicalUUIDField(serializers.UUIDField):
+    """A UUID string in its canonical 8-4-4-4-12 form (DRF's also takes 32 hex digits,
+    ``urn:uuid:...``, braces and integers)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str) or not CANONICAL_UUID.fullmatch(data):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
+#: A decimal in plain notation (its digits and range are the field's to check).
+_PLAIN_DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+class DecimalStringField(serializers.DecimalField):
+    """A decimal as a JSON string in plain notation, as the schema's pattern says (DRF's
+    also takes numbers, ``"1e3"``, ``"+1"``, ``" 1 "``, and ``""`` for null)."""
+
+    def validate_empty_values(self, data: Any) -> Any:
+        # (DRF's takes a blank string for null)
+        return serializers.Field.validate_empty_values(self, data)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str) or not _PLAIN_DECIMAL.fullmatch(data):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+#: An RFC 3339 date-time (JSON Schema's ``date-time``): a date, ``T``, a time, an offset.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+class RFC3339DateTimeField(serializers.DateTimeField):
+    """An RFC 3339 date-time only, its offset included (DRF's also takes a bare date, a
+    space for the ``T``, and a time without offset, read in the site's time zone)."""
+
+    def to_internal_value(self, value: Any) -> Any:
+        if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+            self.fail("invalid", format="YYYY-MM-DDThh:mm:ss[.uuuuuu]±hh:mm (or Z)")
+        return super().to_internal_value(value)
+
+
+register(JSONBooleanField, compile_boolean)
+register(JSONIntegerField, compile_integer)
+register(JSONFloatField, compile_float)
+register(CanonicalUUIDField, functools.partial(compile_uuid, canonical=True))
+
+
 def _text(name: str, **kwargs: Any) -> serializers.CharField:
     """An optional text field bounded like the ``Event`` column it is stored in."""
     return TextField(
@@ -107,13 +207,13 @@ def _text(name: str, **kwargs: Any) -> serializers.CharField:
 
 
 def _tokens(help_text: str) -> serializers.IntegerField:
-    return serializers.IntegerField(
+    return JSONIntegerField(
         min_value=0, max_value=_INT32_MAX, required=False, default=0, help_text=help_text
     )
 
 
 def _duration(help_text: str) -> serializers.FloatField:
-    return serializers.FloatField(
+    return JSONFloatField(
         min_value=0,
         max_value=_MAX_DURATION_MS,
         required=False,
@@ -123,7 +223,7 @@ def _duration(help_text: str) -> serializers.FloatField:
 
 
 def _money(help_text: str) -> serializers.DecimalField:
-    return serializers.DecimalField(
+    return DecimalStringField(
         **COST_FIELD,
         min_value=0,
         max_value=MAX_EVENT_COST_USD,
@@ -172,12 +272,12 @@ class MetadataField(serializers.JSONField):
 class EventIngestSerializer(serializers.Serializer):
     """One LLM call to record. Only ``provider`` is required."""
 
-    tracking_id = serializers.UUIDField(
+    tracking_id = CanonicalUUIDField(
         required=False,
         help_text="Unique id of the call; an event already stored with it is skipped. "
         "Generated when absent (then a retry would store the event twice).",
     )
-    created_at = serializers.DateTimeField(required=False, help_text="Default: now.")
+    created_at = RFC3339DateTimeField(required=False, help_text="Default: now.")
     provider = TextField(max_length=_column_length("provider"))
     model = _text("model", help_text="The model that served the call.")
     requested_model = _text("requested_model")
@@ -207,7 +307,7 @@ class EventIngestSerializer(serializers.Serializer):
     cache_read_tokens = _tokens("Of the input, tokens read from the provider's cache.")
     cache_write_tokens = _tokens("Of the input, tokens written to the provider's cache.")
     cache_write_1h_tokens = _tokens("Of the cache writes, those with a 1-hour TTL (pricing).")
-    usage_reported = serializers.BooleanField(
+    usage_reported = JSONBooleanField(
         required=False,
         default=True,
         help_text="False if the provider reported no usage: the event is not priced.",
@@ -222,9 +322,9 @@ class EventIngestSerializer(serializers.Serializer):
     latency_ms = _duration("Total duration of the call.")
     time_to_first_token_ms = _duration("Streams: time to the first token.")
     stream_duration_ms = _duration("Streams: time from the first to the last token.")
-    streamed = serializers.BooleanField(required=False, default=False)
-    cache_hit = serializers.BooleanField(required=False, default=False)
-    fallback_attempt = serializers.IntegerField(
+    streamed = JSONBooleanField(required=False, default=False)
+    cache_hit = JSONBooleanField(required=False, default=False)
+    fallback_attempt = JSONIntegerField(
         min_value=0, max_value=_INT16_MAX, required=False, default=0
     )
     service_tier = _text("service_tier")
@@ -297,6 +397,12 @@ class IngestedEventSerializer(serializers.Serializer):
         help_text="Where the stored cost comes from (client, a price source, unknown...); "
         "empty for a duplicate."
     )
+    counts_towards_budgets = serializers.BooleanField(
+        help_text="True: the stored cost counts towards the team's budgets (an event "
+        "priced by the server, or a cost given with a key that may charge budgets). "
+        "False: a duplicate, or a cost given by the client with a key without "
+        "may_charge_budgets (stored and reported, not counted towards budgets)."
+    )
 
 
 #: How the answer writes a cost: as its ``cost_usd`` field does (a decimal string).
@@ -338,6 +444,7 @@ class IngestResultSerializer(serializers.Serializer):
                     "duplicate": bool(e["duplicate"]),
                     "cost_usd": None if e["cost_usd"] is None else money(e["cost_usd"]),
                     "cost_source": str(e["cost_source"]),
+                    "counts_towards_budgets": bool(e["counts_towards_budgets"]),
                 }
                 for e in instance["events"]
             ],
@@ -480,10 +587,16 @@ def parse_ingest_body(data: Any, team: Team) -> IngestEvents:
 _STATUS_OF = {s.value: s for s in Status}
 
 
+#: The metadata an event notes when its client-supplied cost does not count towards budgets.
+_NOT_CHARGED = {BUDGET_CHARGED_KEY: "0"}
+
+
 def to_records(
     events: Sequence[dict[str, Any]],
     team: Team,
     received_at: dt.datetime | None = None,
+    *,
+    charge_client_costs: bool = False,
 ) -> list[EventRecord]:
     """The ``EventRecord`` of each validated event of ``team`` (not priced yet), each
     carrying the charge of its cost to the team's budgets that applied when it was made:
@@ -491,7 +604,9 @@ def to_records(
 
     ``received_at``: the ``created_at`` of an event that gives none (default: now). The
     budget charges are looked up once per feature and time (events of one batch mostly
-    share both)."""
+    share both). ``charge_client_costs``: whether a cost the client gave counts towards
+    the budgets (the key's ``may_charge_budgets``); if not, the event carries no charge
+    and notes ``BUDGET_CHARGED_KEY`` = 0."""
     received_at = received_at or now()
     charges: dict[tuple[str, dt.datetime], dict[str, Any] | None] = {}
     team_id = team.pk
@@ -515,6 +630,14 @@ def to_records(
         if data["end_user_id"] or data["end_user_email"]:
             row["user"] = {"id": data["end_user_id"], "email": data["end_user_email"]}
         created_at = row["created_at"] = data.get("created_at") or received_at
+        metadata = data.get("metadata") or {}
+        if BUDGET_CHARGED_KEY in metadata:  # (FluxGate's note, never the client's)
+            row["metadata"] = {k: v for k, v in metadata.items() if k != BUDGET_CHARGED_KEY}
+        if cost is not None and not charge_client_costs:
+            row["extra_metadata"] = _NOT_CHARGED
+            row["budget_reservation"] = None
+            rows.append(row)
+            continue
         key = (data["feature"], created_at)
         try:
             charge = charges[key]
@@ -526,15 +649,18 @@ def to_records(
     return make_records(rows, team=team, created_at=received_at)
 
 
-def ingest(events: Sequence[dict[str, Any]], team: Team) -> dict[str, Any]:
+def ingest(
+    events: Sequence[dict[str, Any]], team: Team, *, charge_client_costs: bool = False
+) -> dict[str, Any]:
     """Record validated ``events`` of ``team``; returns the ``IngestResultSerializer`` data.
 
     Events whose ``tracking_id`` is already stored (or repeated in the batch) are skipped
     and counted as duplicates; the others go through the pipeline like every other event
     (priced, recorded by the site's recorder, their cost charged to the team's budgets
-    when they are written).
+    when they are written — a cost the client gave only with ``charge_client_costs``:
+    the API key's ``may_charge_budgets``).
     """
-    records = to_records(events, team)
+    records = to_records(events, team, charge_client_costs=charge_client_costs)
     batch = getattr(events, "batch", len(records) > 1)
     stored = stored_tracking_ids([r.tracking_id for r in records])
     new: list[EventRecord] = []
@@ -555,6 +681,8 @@ def ingest(events: Sequence[dict[str, Any]], team: Team) -> dict[str, Any]:
                 "duplicate": duplicate,
                 "cost_usd": None if duplicate else record.cost_usd,
                 "cost_source": "" if duplicate else record.cost_source,
+                "counts_towards_budgets": not duplicate
+                and BUDGET_CHARGED_KEY not in record.metadata,
             }
         )
     if errors:  # a price no column or counter holds (an absurd ModelPrice): nothing stored

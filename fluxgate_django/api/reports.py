@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -20,11 +19,12 @@ from rest_framework.response import Response
 from ..reports import queries
 from .base import FluxGateAPIView, fluxgate_schema
 from .permissions import is_staff, teams_for
-from .serializers import TeamFilterMixin
+from .serializers import TeamFilterMixin, query_data
 
 #: Longest report, in days (a timeseries has a value per day).
 MAX_REPORT_DAYS = 366
 _FILTER_MAX_VALUES = 50
+_FILTER_MAX_LENGTH = 255
 
 
 class ReportParamsSerializer(TeamFilterMixin, serializers.Serializer):
@@ -82,9 +82,14 @@ class TimeseriesParamsSerializer(ReportParamsSerializer):
 _FILTER_PARAMETERS = [
     OpenApiParameter(
         name,
-        OpenApiTypes.STR,
-        many=True,
-        description=f"Keep only these {label} (repeat the parameter for several).",
+        {
+            "type": "array",
+            "items": {"type": "string", "maxLength": _FILTER_MAX_LENGTH},
+            "maxItems": _FILTER_MAX_VALUES,
+        },
+        explode=True,
+        description=f"Keep only these {label} (repeat the parameter for several, at most "
+        f"{_FILTER_MAX_VALUES}).",
     )
     for name, label in (
         ("feature", "features"),
@@ -159,7 +164,7 @@ class _ReportView(FluxGateAPIView):
 
     def report_arguments(self, request: Request) -> dict[str, Any]:
         """Validated ``by``, ``start``, ``end``, ``teams`` and ``filters`` (400 if invalid)."""
-        params = self.params_class(data=request.query_params, context={"request": request})
+        params = self.params_class(data=query_data(request), context={"request": request})
         params.is_valid(raise_exception=True)
         data = dict(params.validated_data)
         filters: dict[str, list[Any]] = {}
@@ -168,8 +173,10 @@ class _ReportView(FluxGateAPIView):
             values = request.query_params.getlist(name)
             if len(values) > _FILTER_MAX_VALUES:
                 errors[name] = [f"At most {_FILTER_MAX_VALUES} values."]
-            elif any(len(v) > 255 for v in values):
-                errors[name] = ["Ensure this field has no more than 255 characters."]
+            elif any(len(v) > _FILTER_MAX_LENGTH for v in values):
+                errors[name] = [
+                    f"Ensure this field has no more than {_FILTER_MAX_LENGTH} characters."
+                ]
             elif any("\x00" in v for v in values):
                 errors[name] = ["Null characters are not allowed."]
             elif values:

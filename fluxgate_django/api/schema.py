@@ -14,7 +14,10 @@ from typing import Any
 
 from django.apps import apps
 from django.http import HttpResponse, HttpResponseNotFound
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.extensions import (
+    OpenApiAuthenticationExtension,
+    OpenApiSerializerFieldExtension,
+)
 from drf_spectacular.generators import EndpointEnumerator, SchemaGenerator
 from drf_spectacular.settings import patched_settings
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -28,7 +31,9 @@ SCHEMA_SETTINGS: dict[str, Any] = {
     "DESCRIPTION": (
         "LLM cost tracking: record events, read events and cost reports, manage budgets "
         "and API keys. Authenticate with `Authorization: Bearer <api key>` (a team's key "
-        "sees that team only) or a signed-in session (with the CSRF token for writes)."
+        "sees that team only) or a signed-in session (with the CSRF token for writes). "
+        "Invalid input is a 400 with the messages of each invalid field, and nothing is "
+        "done; text never holds NUL characters (refused as invalid)."
     ),
     "VERSION": "1",
     # Read-only fields are not required in request bodies.
@@ -38,6 +43,10 @@ SCHEMA_SETTINGS: dict[str, Any] = {
         "EventStatusEnum": "fluxgate_django.api.ingest.STATUSES",
     },
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "persistAuthorization": True},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "fluxgate_django.api.schema.document_error_responses",
+    ],
 }
 
 
@@ -64,6 +73,149 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "bearerFormat": "fg_live_…",
             "description": "A team's FluxGate API key.",
         }
+
+
+class MetadataFieldSchema(OpenApiSerializerFieldExtension):
+    """An event's ``metadata`` is a JSON object (not any JSON value, nor null)."""
+
+    target_class = "fluxgate_django.api.ingest.MetadataField"
+
+    def map_serializer_field(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        return {"type": "object", "additionalProperties": {}}
+
+
+class WebhookUrlFieldSchema(OpenApiSerializerFieldExtension):
+    """A budget's webhook URL: in answers, ``(hidden)`` to who can't manage its team."""
+
+    target_class = "fluxgate_django.api.serializers.WebhookUrlField"
+
+    def map_serializer_field(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        schema = auto_schema._map_serializer_field(self.target, direction, bypass_extensions=True)
+        if direction != "response":
+            return schema
+        # (anyOf: a validator that does not check formats takes each for a URL too)
+        return {
+            "anyOf": [
+                {"type": "string", "format": "uri"},
+                {"type": "string", "maxLength": 0},
+                {"type": "string", "enum": ["(hidden)"]},
+            ],
+            "description": "Empty: none. `(hidden)` unless you manage the budget's team "
+            "(a webhook URL often carries a token).",
+        }
+
+
+# -- the error responses every operation can give ------------------------------------------
+
+_HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+#: Components of the error bodies (DRF's).
+ERROR_COMPONENTS: dict[str, dict[str, Any]] = {
+    "Error": {
+        "type": "object",
+        "description": "A refused request: why, in `detail`.",
+        "properties": {"detail": {"type": "string"}},
+        "required": ["detail"],
+    },
+    "ValidationError": {
+        "type": "object",
+        "description": "Invalid input, nothing done: the messages of each invalid field, "
+        "by field name (a list of strings, or an object for a nested field or a batch's "
+        "events by index); `non_field_errors` for the request as a whole.",
+        "additionalProperties": {},
+    },
+}
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+
+def _error(description: str, component: str = "Error", **extra: Any) -> dict[str, Any]:
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{component}"}}}
+    return {"description": description, "content": content, **extra}
+
+
+def _error_responses(operation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What ``operation`` answers besides its documented successes (see the module)."""
+    parameters = operation.get("parameters", [])
+    where = {p.get("in") for p in parameters}
+    has_body = "requestBody" in operation
+    responses: dict[str, dict[str, Any]] = {}
+    if has_body or "query" in where:
+        responses["400"] = _error(
+            "Invalid input (field messages); nothing was done.", "ValidationError"
+        )
+    if operation.get("security"):
+        responses["401"] = _error(
+            "No credentials, or an unknown, revoked or malformed API key.",
+            headers={
+                "WWW-Authenticate": {
+                    "description": 'The scheme to use: `Bearer realm="fluxgate"`.',
+                    "schema": {"type": "string"},
+                }
+            },
+        )
+        responses["403"] = _error(
+            "Not allowed to you (an API key, or a user who does not manage the team), or a "
+            "signed-in session's write without its CSRF token."
+        )
+    paginated = {p.get("name") for p in parameters if p.get("in") == "query"} & {"page", "cursor"}
+    if "path" in where or paginated:
+        responses["404"] = _error(
+            "Not found, or not visible to you"
+            + (" (or no such page)." if paginated else ".")
+        )
+    if has_body:
+        responses["413"] = _error("Request body too large (`DATA_UPLOAD_MAX_MEMORY_SIZE`).")
+        responses["415"] = _error("Unsupported `Content-Type` (send `application/json`).")
+    if operation.get("security"):
+        responses["429"] = _error(
+            "Too many requests: the key's ingest rate, the site's DRF throttles, or too many "
+            "failed API-key authentications from this address (then every request with a "
+            "Bearer key is refused until the window ends).",
+            headers=_RETRY_AFTER,
+        )
+    return responses
+
+
+def document_error_responses(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: every operation's error responses.
+
+    Each operation that needs credentials (all of FluxGate's) can answer 401 (none, or an
+    unknown key), 403 (not yours to do; a session write without CSRF token) and 429 (the
+    key's ingest rate, the site's DRF throttles, and the failed-authentication limit, which
+    refuses every Bearer request from an address past it) with ``Retry-After``; one taking
+    query parameters or a body, 400 with field messages; one with path parameters or
+    pages, 404; one with a body, 413 and 415. Responses an operation documents itself
+    keep their description; every error response without a body gets the error body.
+    """
+    components = result.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in ERROR_COMPONENTS.items():
+        components.setdefault(name, schema)
+    for item in result.get("paths", {}).values():
+        for method, operation in item.items():
+            if method not in _HTTP_METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, response in _error_responses(operation).items():
+                documented = responses.get(status)
+                if documented is None:
+                    responses[status] = response
+                else:
+                    for key, value in response.items():
+                        documented.setdefault(key, value)
+            for status, response in responses.items():
+                if status[0] in "45" and "content" not in response:
+                    component = "ValidationError" if status == "400" else "Error"
+                    response["content"] = _error("", component)["content"]
+            operation["responses"] = dict(sorted(responses.items()))
+    return result
 
 
 class FluxGateEndpointEnumerator(EndpointEnumerator):

@@ -23,12 +23,32 @@ from .permissions import teams_for
 # -- query parameters -------------------------------------------------------------------
 
 
-@extend_schema_field(OpenApiTypes.STR)
+def query_data(request: Any) -> dict[str, str]:
+    """The query parameters to validate, each its last value, as a plain dict: so that an
+    empty one (``?team=``) is validated as given (DRF skips an empty optional field of a
+    ``QueryDict``, and ``?team=`` would then silently mean every team)."""
+    return request.query_params.dict()
+
+
+_EARLIEST = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+_LATEST = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "format": "date"},
+            {"type": "string", "format": "date-time"},
+        ]
+    }
+)
 class DateOrDateTimeField(serializers.Field):
     """An ISO date (``2025-01-31``) or date-time (``2025-01-31T12:00:00Z``) → an aware datetime.
 
     A date means the start of that day in the site's time zone, or with ``end_of_day``
-    the start of the next day (so ``end=2025-01-31`` includes the 31st).
+    the start of the next day (so ``end=2025-01-31`` includes the 31st). A moment beyond
+    what the database's date-times hold (``0001-01-01T00:00:00+01:00``; the day after
+    9999-12-31) is clamped to the first or last one: it filters the same events.
     """
 
     default_error_messages = {
@@ -50,13 +70,23 @@ class DateOrDateTimeField(serializers.Field):
         except ValueError:
             raise invalid from None
         tz = timezone.get_current_timezone()
-        if moment is not None:
-            return moment if timezone.is_aware(moment) else timezone.make_aware(moment, tz)
-        if day is None or (self.end_of_day and day == dt.date.max):
-            raise invalid
-        if self.end_of_day:
-            day += dt.timedelta(days=1)
-        return timezone.make_aware(dt.datetime.combine(day, dt.time.min), tz)
+        if moment is None:
+            if day is None:
+                raise invalid
+            if self.end_of_day and day == dt.date.max:
+                return _LATEST
+            if self.end_of_day:
+                day += dt.timedelta(days=1)
+            moment = dt.datetime.combine(day, dt.time.min)
+        if timezone.is_naive(moment):
+            try:
+                moment = timezone.make_aware(moment, tz)
+            except OverflowError:  # (zoneinfo, at the ends of the calendar)
+                return _EARLIEST if moment.year == 1 else _LATEST
+        try:
+            return moment.astimezone(dt.timezone.utc)
+        except OverflowError:
+            return _EARLIEST if moment.year == 1 else _LATEST
 
     def to_representation(self, value: Any) -> str:
         return value.isoformat()
@@ -203,10 +233,20 @@ class ManagedTeamField(serializers.SlugRelatedField):
 _DECIMAL_STRING = serializers.DecimalField(max_digits=30, decimal_places=10, coerce_to_string=True)
 
 
+class WebhookUrlField(serializers.URLField):
+    """A budget's webhook URL (answered as :data:`HIDDEN` to who can't manage its team:
+    :meth:`BudgetSerializer.to_representation`; the schema says so)."""
+
+
+#: A budget's webhook URL, as answered to who can't manage the budget's team.
+HIDDEN = "(hidden)"
+
+
 class BudgetSerializer(serializers.ModelSerializer):
     """A budget and the state of its current window (read-only)."""
 
     team = ManagedTeamField(help_text="Slug of a team you are an admin of.")
+    webhook_url = WebhookUrlField(max_length=200, required=False, allow_blank=True)
     window_start = serializers.SerializerMethodField()
     spent_usd = serializers.SerializerMethodField()
     reserved_usd = serializers.SerializerMethodField()
@@ -252,7 +292,7 @@ class BudgetSerializer(serializers.ModelSerializer):
         data = super().to_representation(instance)
         # A webhook URL often carries a token (Slack, Teams): only its managers see it.
         if data.get("webhook_url") and instance.team_id not in self._managed_team_ids():
-            data["webhook_url"] = "(hidden)"
+            data["webhook_url"] = HIDDEN
         return data
 
     def _managed_team_ids(self) -> set[int]:
@@ -318,6 +358,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "last_used_at",
             "revoked_at",
             "is_active",
+            "may_charge_budgets",
         ]
         read_only_fields = ["id", "created_at", "last_used_at", "revoked_at"]
 
@@ -337,7 +378,9 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 
     def create(self, validated_data: dict[str, Any]) -> ApiKey:
         key, secret = ApiKey.objects.create_key(
-            team=validated_data["team"], name=validated_data["name"]
+            team=validated_data["team"],
+            name=validated_data["name"],
+            may_charge_budgets=validated_data.get("may_charge_budgets", False),
         )
         key._created_secret = secret  # type: ignore[attr-defined]
         return key

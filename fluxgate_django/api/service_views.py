@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers, status
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import BasePermission
@@ -21,8 +22,11 @@ from ..exceptions import BudgetExceeded, CallRefused
 from ..model_refs import UnknownModel, resolve_model
 from ..service import STRATEGIES, AllProvidersFailed, LLMService, classify, set_strategy
 from ..service.metrics import provider_metrics
-from .base import FluxGateAPIView, fluxgate_schema
+from .base import BoundedJSONParser, FluxGateAPIView, fluxgate_schema
 from .permissions import api_key_of, is_staff, teams_for
+
+#: The longest window of ``GET metrics/`` (a week), in minutes.
+MAX_METRICS_MINUTES = 7 * 24 * 60
 
 
 class MessageSerializer(serializers.Serializer):
@@ -102,7 +106,29 @@ def _team_for(request: Request, slug: str | None) -> Any:
 
 
 class CompleteView(FluxGateAPIView):
-    @fluxgate_schema(request=CompleteSerializer, responses={200: dict}, operation_id="complete")
+    """Run the LLM service for your team: ``messages`` and a ``route`` or ``model``."""
+
+    # JSON only: the messages are a list of objects, which a form can't carry.
+    parser_classes = [BoundedJSONParser]
+
+    @fluxgate_schema(
+        request=CompleteSerializer,
+        responses={
+            200: dict,
+            400: OpenApiResponse(
+                description="Invalid request (field messages), or the provider rejected it "
+                "(`code`: `provider_rejected_request`)."
+            ),
+            402: OpenApiResponse(
+                description="A budget blocks the call (`code`: `budget_exceeded`)."
+            ),
+            503: OpenApiResponse(
+                description="No provider could answer (`code`: `providers_unavailable`, with the "
+                "`attempts`), or the budget store is unreachable (`budget_store_unavailable`)."
+            ),
+        },
+        operation_id="complete",
+    )
     def post(self, request: Request) -> Response:
         data = CompleteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -148,15 +174,28 @@ class CompleteView(FluxGateAPIView):
 
 
 class MetricsView(FluxGateAPIView):
-    @fluxgate_schema(responses={200: dict}, operation_id="metrics")
+    """Per provider and model over the last ``minutes``: requests, errors, latency, cost
+    and savings, for your teams (staff: all)."""
+
+    @fluxgate_schema(
+        parameters=[
+            OpenApiParameter(
+                "minutes",
+                {"type": "integer", "minimum": 1, "maximum": MAX_METRICS_MINUTES},
+                description="The window: the last N minutes (default 60).",
+            )
+        ],
+        responses={200: dict},
+        operation_id="metrics",
+    )
     def get(self, request: Request) -> Response:
         try:
             minutes = int(request.query_params.get("minutes", 60))
         except ValueError:
             minutes = 0
-        if not 1 <= minutes <= 7 * 24 * 60:
+        if not 1 <= minutes <= MAX_METRICS_MINUTES:
             return Response(
-                {"minutes": ["A whole number of minutes from 1 to 10080."]},
+                {"minutes": [f"A whole number of minutes from 1 to {MAX_METRICS_MINUTES}."]},
                 status=status.HTTP_400_BAD_REQUEST,
             )
         teams = None if is_staff(request) else list(teams_for(request).values_list("id", flat=True))
@@ -168,6 +207,8 @@ class MetricsView(FluxGateAPIView):
 
 
 class StrategyView(FluxGateAPIView):
+    """The routing strategy of each configured route (staff): read, or set one's."""
+
     permission_classes = [IsStaffUser]
 
     @fluxgate_schema(responses={200: dict}, operation_id="strategy_list")
@@ -185,6 +226,8 @@ class StrategyView(FluxGateAPIView):
 
 
 class HealthView(FluxGateAPIView):
+    """The circuit breaker of each model the routes name: ``degraded`` if one is open."""
+
     @fluxgate_schema(responses={200: dict}, operation_id="health")
     def get(self, request: Request) -> Response:
         circuits = LLMService().health()

@@ -96,7 +96,7 @@ def compile_text(field: serializers.CharField) -> Converter | None:
     return convert
 
 
-def _integer(field: serializers.IntegerField) -> Converter | None:
+def compile_integer(field: serializers.IntegerField) -> Converter | None:
     low, high = _bounds(field)
     if not _only_validators(field, _NUMBER_VALIDATORS):
         return None
@@ -114,7 +114,7 @@ def _integer(field: serializers.IntegerField) -> Converter | None:
     return convert
 
 
-def _float(field: serializers.FloatField) -> Converter | None:
+def compile_float(field: serializers.FloatField) -> Converter | None:
     low, high = _bounds(field)
     if not _only_validators(field, _NUMBER_VALIDATORS):
         return None
@@ -141,7 +141,7 @@ def _float(field: serializers.FloatField) -> Converter | None:
     return convert
 
 
-def _boolean(field: serializers.BooleanField) -> Converter | None:
+def compile_boolean(field: serializers.BooleanField) -> Converter | None:
     if field.validators:
         return None
     allow_null = field.allow_null
@@ -175,13 +175,22 @@ def _choice(field: serializers.ChoiceField) -> Converter | None:
     return convert
 
 
-def _uuid(field: serializers.UUIDField) -> Converter | None:
+#: A UUID in its canonical form (8-4-4-4-12 hex digits), as JSON Schema's ``uuid`` format.
+CANONICAL_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
+def compile_uuid(field: serializers.UUIDField, *, canonical: bool = False) -> Converter | None:
+    """``canonical``: only the 8-4-4-4-12 form (``uuid.UUID`` takes others too)."""
     if field.validators:
         return None
     allow_null = field.allow_null
 
     def convert(value: Any, context: Mapping[str, Any]) -> Any:
         if type(value) is str:
+            if canonical and not CANONICAL_UUID.fullmatch(value):
+                raise FALLBACK
             try:
                 return uuid.UUID(value)
             except ValueError:
@@ -222,11 +231,11 @@ def _list(field: serializers.ListField) -> Converter | None:
 #: Exact field classes (not subclasses, which may convert otherwise) → their compiler.
 _COMPILERS: dict[type, Callable[[Any], Converter | None]] = {
     serializers.CharField: compile_text,
-    serializers.IntegerField: _integer,
-    serializers.FloatField: _float,
-    serializers.BooleanField: _boolean,
+    serializers.IntegerField: compile_integer,
+    serializers.FloatField: compile_float,
+    serializers.BooleanField: compile_boolean,
     serializers.ChoiceField: _choice,
-    serializers.UUIDField: _uuid,
+    serializers.UUIDField: compile_uuid,
     serializers.ListField: _list,
 }
 

@@ -54,6 +54,7 @@ from .serializers import (
     EventFilterSerializer,
     EventSerializer,
     TeamSerializer,
+    query_data,
 )
 from .throttling import IngestRateThrottle
 
@@ -80,7 +81,12 @@ class EventViewSet(
     viewsets.GenericViewSet,
 ):
     """LLM call events: ``GET`` for your teams' events, ``POST`` to record events with a
-    team API key (one event, or ``{"events": [...]}`` of up to 1000, all-or-nothing)."""
+    team API key (one event, or ``{"events": [...]}`` of up to 1000, all-or-nothing).
+
+    Ingest is for API keys only (a signed-in session is refused): a key's
+    ``may_charge_budgets`` decides whether the costs its events give count towards the
+    team's budgets. (Were sessions let in, a team admin — who may set that flag on a key
+    anyway — would charge them.)"""
 
     serializer_class = EventSerializer
     pagination_class = EventCursorPagination
@@ -109,7 +115,7 @@ class EventViewSet(
         if self.action != "list":
             return events
         params = EventFilterSerializer(
-            data=self.request.query_params, context=self.get_serializer_context()
+            data=query_data(self.request), context=self.get_serializer_context()
         )
         params.is_valid(raise_exception=True)
         filters = dict(params.validated_data)
@@ -137,7 +143,9 @@ class EventViewSet(
         key = api_key_of(request)
         assert key is not None  # IsApiKey
         events = parse_ingest_body(request.data, key.team)
-        result = ingest(events, key.team)
+        # A cost the client gives counts towards the team's budgets only if the key may
+        # say so (a made-up cost must not exhaust them); costs priced here always count.
+        result = ingest(events, key.team, charge_client_costs=key.may_charge_budgets)
         return Response(IngestResultSerializer(result).data, status=status.HTTP_202_ACCEPTED)
 
 

@@ -4,6 +4,10 @@ The clients are built once per process from ``FLUXGATE["PROVIDERS"]`` (``track_o
 with no argument does that) and rebuilt if the setting changes. The middleware attributes
 each call to the logged-in user, their team and the request; the views name the feature.
 
+A call FluxGate refuses before sending it (``CallRefused``: nothing was spent) is answered
+as such: a budget used up is a 402 with its limit and spend, the budget store down a 503
+with ``Retry-After``, any other refusal a 429.
+
 GET is used so the views can be tried from a browser: ``/chat/?q=Hello``.
 """
 
@@ -19,7 +23,14 @@ from django.dispatch import receiver
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from fluxgate_django import track_anthropic, track_openai, tracking_context
+from fluxgate_django import (
+    BudgetExceeded,
+    BudgetStoreUnavailable,
+    CallRefused,
+    track_anthropic,
+    track_openai,
+    tracking_context,
+)
 
 CHAT_MODEL = "gpt-4o-mini"
 SUMMARY_MODEL = "claude-haiku-4-5"
@@ -52,6 +63,8 @@ def chat(request: HttpRequest) -> JsonResponse:
         response = client.chat.completions.create(
             model=CHAT_MODEL, messages=[{"role": "user", "content": question}]
         )
+    except CallRefused as exc:
+        return _refused(exc)
     except openai.OpenAIError as exc:
         return _provider_error(exc)
     return _answer(response.choices[0].message.content or "", response.model, response)
@@ -69,6 +82,8 @@ def summarize(request: HttpRequest) -> JsonResponse:
                 system="Summarise the user's text in one paragraph.",
                 messages=[{"role": "user", "content": text}],
             )
+    except CallRefused as exc:
+        return _refused(exc)
     except anthropic.AnthropicError as exc:
         return _provider_error(exc)
     reply = "".join(block.text for block in message.content if block.type == "text")
@@ -88,6 +103,29 @@ def _answer(reply: str, model: str, response: Any) -> JsonResponse:
             },
         }
     )
+
+
+def _refused(exc: CallRefused) -> JsonResponse:
+    """FluxGate refused the call before sending it (a ``BUDGET_EXCEEDED`` event is
+    recorded for a budget refusal); nothing reached the provider."""
+    if isinstance(exc, BudgetExceeded):
+        # 402 Payment Required: the team's budget for this window is used up.
+        return JsonResponse(
+            {
+                "error": "budget_exceeded",
+                "detail": str(exc),
+                "limit_usd": None if exc.limit is None else str(exc.limit),
+                "spent_usd": None if exc.spent is None else str(exc.spent),
+                "until": exc.window[1].isoformat() if exc.window else None,
+            },
+            status=402,
+        )
+    if isinstance(exc, BudgetStoreUnavailable):
+        # Budgets fail closed (BUDGET_FAIL_OPEN=False): try again shortly.
+        response = JsonResponse({"error": "budget_unavailable", "detail": str(exc)}, status=503)
+        response["Retry-After"] = "30"
+        return response
+    return JsonResponse({"error": "refused", "detail": str(exc)}, status=429)
 
 
 def _provider_error(exc: Exception) -> JsonResponse:
