@@ -243,7 +243,7 @@ def record_from_threads(recorder: Any, records: list[Any], threads: int) -> None
         uses_journal = recorder.uses_journal
         for record in chunk:
             if uses_journal:
-                journal.append((record,))
+                journal.append_one(record)
             recorder.record(record)
 
     chunks = [records[i::threads] for i in range(threads)]

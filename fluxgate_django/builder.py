@@ -28,6 +28,7 @@ import enum
 import json
 import logging
 import math
+import operator
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -39,7 +40,15 @@ from django.conf import settings
 
 from .context import EMPTY_CONTEXT, TrackingContext, resolved
 from .money import MAX_EVENT_COST_USD
-from .records import CallInfo, CostSource, EventRecord, Source, Status, Usage
+from .records import (
+    EVENT_RECORD_FIELDS,
+    CallInfo,
+    CostSource,
+    EventRecord,
+    Source,
+    Status,
+    Usage,
+)
 
 logger = logging.getLogger("fluxgate.recording")
 
@@ -99,6 +108,8 @@ _TOKEN_FIELDS = (
 
 def user_fields(user: Any) -> tuple[Any, str, str]:
     """``(django_user_pk, end_user_id, email)`` from a context ``user`` value."""
+    if user.__class__ is dict:  # (the common case first: no Deferred check)
+        return user.get("pk"), str(user.get("id") or ""), str(user.get("email") or "")
     user = resolved(user)
     if user is None:
         return None, "", ""
@@ -135,18 +146,33 @@ def storable_text(value: Any, limit: int | None) -> str:
     return text
 
 
-def _storable_texts(values: dict[str, Any]) -> dict[str, str]:
-    """:func:`storable_text` of each bounded column's value, in place (most are short
-    plain ASCII, kept as they are)."""
-    for name, value in values.items():
+#: The bounded text fields of a record, in the order :func:`_build` passes them.
+_TEXT_FIELDS = (
+    "provider", "model", "requested_model", "operation", "end_user_id", "end_user_email",
+    "session_id", "conversation_id", "request_id", "feature", "step", "finish_reason",
+    "error_type", "cost_source", "service_tier", "run_id", "parent_run_id",
+)  # fmt: skip
+_TEXT_LIMIT_LIST = tuple(TEXT_LIMITS[name] for name in _TEXT_FIELDS)
+
+
+def _storable_texts(values: tuple[Any, ...]) -> tuple[str, ...]:
+    """:func:`storable_text` of each bounded column's value (``_TEXT_FIELDS`` order; most
+    are short plain ASCII, kept as they are: then ``values`` itself)."""
+    for value, limit in zip(values, _TEXT_LIMIT_LIST, strict=True):
         if value.__class__ is str and (
-            not value
-            or (len(value) <= TEXT_LIMITS[name] and value.isascii() and "\x00" not in value)
+            not value or (len(value) <= limit and value.isascii() and "\x00" not in value)
         ):
             continue
-        # (A value replaced, none added: the iteration goes on.)
-        values[name] = "" if value is None else storable_text(value, TEXT_LIMITS[name])
-    return values
+        break
+    else:
+        return values
+    return tuple(
+        value
+        if value.__class__ is str
+        and (not value or (len(value) <= limit and value.isascii() and "\x00" not in value))
+        else ("" if value is None else storable_text(value, limit))
+        for value, limit in zip(values, _TEXT_LIMIT_LIST, strict=True)
+    )
 
 
 def _is_sentinel(value: Any) -> bool:
@@ -474,63 +500,35 @@ def make_records(
         attempt = service_attempt.get()
     shared_team = _storable_team(team)
     default_created_at = created_at or now()
-    records = []
-    for row in rows:
-        get = row.get
-        records.append(
-            _build(
-                shared_team,
-                attempt,
-                default_created_at,
-                get("provider"),
-                get("operation"),
-                get("requested_model", ""),
-                get("model", ""),
-                get("finish_reason", ""),
-                get("status", Status.SUCCESS),
-                get("streamed", False),
-                get("service_tier", ""),
-                get("usage_reported", True),
-                get("usage_missing_reason", _USAGE_MISSING),
-                get("reported_cost"),
-                get("input_tokens", 0),
-                get("output_tokens", 0),
-                get("reasoning_tokens", 0),
-                get("cache_read_tokens", 0),
-                get("cache_write_tokens", 0),
-                get("cache_write_1h_tokens", 0),
-                get("feature"),
-                get("user"),
-                get("step"),
-                get("session_id"),
-                get("conversation_id"),
-                get("request_id"),
-                get("openrouter_cost"),
-                get("metadata"),
-                get("tags", ()),
-                get("source", source),
-                get("tracking_id"),
-                get("created_at"),
-                get("latency_ms"),
-                get("time_to_first_token_ms"),
-                get("stream_duration_ms"),
-                get("error"),
-                get("error_type", ""),
-                get("error_message"),
-                get("failed"),
-                get("cost_usd"),
-                get("cost_source", ""),
-                get("cost_saved_usd"),
-                get("cache_hit", False),
-                get("fallback_attempt"),
-                get("run_id", ""),
-                get("parent_run_id", ""),
-                get("content"),
-                get("extra_metadata"),
-                get("budget_reservation"),
-            )
-        )
-    return records
+    defaults = {**_ROW_DEFAULTS, "source": source}
+    values = _row_values
+    build = _build
+    return [
+        build(shared_team, attempt, default_created_at, *values({**defaults, **row}))
+        for row in rows
+    ]
+
+
+#: A row's keys in :func:`_build`'s order (after its first three), with the default of
+#: an absent one (``source``: :func:`make_records`' own).
+_ROW_ORDER: tuple[tuple[str, Any], ...] = (
+    ("provider", None), ("operation", None), ("requested_model", ""), ("model", ""),
+    ("finish_reason", ""), ("status", Status.SUCCESS), ("streamed", False),
+    ("service_tier", ""), ("usage_reported", True), ("usage_missing_reason", _USAGE_MISSING),
+    ("reported_cost", None), ("input_tokens", 0), ("output_tokens", 0),
+    ("reasoning_tokens", 0), ("cache_read_tokens", 0), ("cache_write_tokens", 0),
+    ("cache_write_1h_tokens", 0), ("feature", None), ("user", None), ("step", None),
+    ("session_id", None), ("conversation_id", None), ("request_id", None),
+    ("openrouter_cost", None), ("metadata", None), ("tags", ()), ("source", None),
+    ("tracking_id", None), ("created_at", None), ("latency_ms", None),
+    ("time_to_first_token_ms", None), ("stream_duration_ms", None), ("error", None),
+    ("error_type", ""), ("error_message", None), ("failed", None), ("cost_usd", None),
+    ("cost_source", ""), ("cost_saved_usd", None), ("cache_hit", False),
+    ("fallback_attempt", None), ("run_id", ""), ("parent_run_id", ""), ("content", None),
+    ("extra_metadata", None), ("budget_reservation", None),
+)  # fmt: skip
+_ROW_DEFAULTS = dict(_ROW_ORDER)
+_row_values = operator.itemgetter(*(key for key, _ in _ROW_ORDER))
 
 
 def _storable_team(team: Any) -> Any:
@@ -670,54 +668,108 @@ def _build(  # every field of a record, positional: no per-call dict
         error_type = type(error).__name__
     if error_message.__class__ is not str or error_message:  # ("" stays "")
         error_message = redact_secrets(storable_text(error_message, MAX_ERROR_MESSAGE))
-    texts = _storable_texts(
-        {
-            "provider": provider,
-            "model": model,
-            "requested_model": requested_model,
-            "operation": operation,
-            "end_user_id": end_user_id,
-            "end_user_email": email,
-            "session_id": session_id,
-            "conversation_id": conversation_id,
-            "request_id": request_id,
-            "feature": feature,
-            "step": step,
-            "finish_reason": finish_reason,
-            "error_type": error_type,
-            "cost_source": cost_source,
-            "service_tier": service_tier,
-            "run_id": run_id,
-            "parent_run_id": parent_run_id,
-        }
+    (
+        provider,
+        model,
+        requested_model,
+        operation,
+        end_user_id,
+        email,
+        session_id,
+        conversation_id,
+        request_id,
+        feature,
+        step,
+        finish_reason,
+        error_type,
+        cost_source,
+        service_tier,
+        run_id,
+        parent_run_id,
+    ) = _storable_texts(
+        (
+            provider,
+            model,
+            requested_model,
+            operation,
+            end_user_id,
+            email,
+            session_id,
+            conversation_id,
+            request_id,
+            feature,
+            step,
+            finish_reason,
+            error_type,
+            cost_source,
+            service_tier,
+            run_id,
+            parent_run_id,
+        )
     )
+    # (Positional, in EventRecord's field order — checked below, at import: keywords cost
+    # four times as much.)
     return EventRecord(
-        tracking_id=tracking_id,
-        created_at=created_at or default_created_at or now(),
-        status=status._value_,  # (.value: the enum's descriptor, slower)
-        source=_source_value(source),
-        team=team,
-        user_pk=user_pk,
-        error_message=error_message,
-        input_tokens=counts[0],
-        output_tokens=counts[1],
-        reasoning_tokens=counts[2],
-        cache_read_tokens=counts[3],
-        cache_write_tokens=counts[4],
-        cache_write_1h_tokens=counts[5],
-        cost_usd=cost_usd,
-        cost_saved_usd=cost_saved_usd,
-        latency_ms=latency_ms,
-        time_to_first_token_ms=time_to_first_token_ms,
-        stream_duration_ms=stream_duration_ms,
-        streamed=streamed,
-        cache_hit=cache_hit,
-        fallback_attempt=fallback_attempt or 0,
-        metadata=metadata,
-        tags=[storable_text(_json_value(t, 0), None) for t in tags] if tags else [],
-        content=None if content is None else json_safe(content),
-        budget_reservation=budget_reservation,
-        **texts,
+        tracking_id,
+        created_at or default_created_at or now(),
+        provider,
+        model,
+        operation,
+        status._value_,  # (.value: the enum's descriptor, slower)
+        _source_value(source),
+        requested_model,
+        team,
+        user_pk,
+        end_user_id,
+        email,
+        session_id,
+        conversation_id,
+        request_id,
+        feature,
+        step,
+        finish_reason,
+        error_type,
+        error_message,
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3],
+        counts[4],
+        counts[5],
+        cost_usd,
+        cost_source,
+        cost_saved_usd,
+        latency_ms,
+        time_to_first_token_ms,
+        stream_duration_ms,
+        streamed,
+        cache_hit,
+        fallback_attempt or 0,
+        service_tier,
+        run_id,
+        parent_run_id,
+        metadata,
+        [storable_text(_json_value(t, 0), None) for t in tags] if tags else [],
+        None if content is None else json_safe(content),
+        budget_reservation,
+    )
+
+
+#: The fields :func:`_build` gives ``EventRecord`` positionally, in this order.
+_BUILT_FIELDS = (
+    "tracking_id", "created_at", "provider", "model", "operation", "status", "source",
+    "requested_model", "team", "user_pk", "end_user_id", "end_user_email", "session_id",
+    "conversation_id", "request_id", "feature", "step", "finish_reason", "error_type",
+    "error_message", "input_tokens", "output_tokens", "reasoning_tokens",
+    "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "cost_usd",
+    "cost_source", "cost_saved_usd", "latency_ms", "time_to_first_token_ms",
+    "stream_duration_ms", "streamed", "cache_hit", "fallback_attempt", "service_tier",
+    "run_id", "parent_run_id", "metadata", "tags", "content", "budget_reservation",
+)  # fmt: skip
+if EVENT_RECORD_FIELDS[: len(_BUILT_FIELDS)] != _BUILT_FIELDS:  # pragma: no cover
+    raise RuntimeError(
+        "EventRecord's fields are not in the order the record builder passes them "
+        "(fluxgate_django.builder._BUILT_FIELDS): update _build with them"
     )
 
 

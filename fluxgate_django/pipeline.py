@@ -87,7 +87,7 @@ def submit(record: EventRecord) -> EventRecord:
     with capture_internal_exceptions("recording"):
         recorder = get_recorder()
         if recorder.uses_journal:
-            journal.append((record,))
+            journal.append_one(record)
         recorder.record(record)
     return record
 
@@ -98,18 +98,42 @@ def submit_batch(records: Sequence[EventRecord]) -> None:
     memory-mapped file), or, if the journal is off or can't take them, written to the
     database (or the spool, fsync'd) here, in the caller. (A bug in that write is raised,
     not logged: the API must not answer "accepted" for events it did not keep.)"""
-    for record in records:
-        _finish_safely(record)
-        with capture_internal_exceptions("settling a budget reservation"):
-            ledger.settler.settle(record)
     if not records:
         return
+    _finish_all(records)
+    for record in records:
+        if record.budget_reservation:  # (settle() ignores a record without one)
+            with capture_internal_exceptions("settling a budget reservation"):
+                ledger.settler.settle(record)
     recorder = get_recorder()
     if recorder.uses_journal and not journal.append(records):
         write_events(records)  # (the journal is off or failed: the caller waits for it)
         return
     with capture_internal_exceptions("recording"):
         recorder.record_batch(records)
+
+
+def _finish_all(records: Sequence[EventRecord]) -> None:
+    """:func:`_finish_safely` of each record, with one guard for them all rather than one
+    per record (an ingest batch, priced already: a few steps per record) — the same
+    outcome: a record whose pricing raises is logged (or, under ``RAISE_ERRORS``, raised)
+    and kept unpriced; the others are finished."""
+    done = 0
+    try:
+        for record in records:
+            finish_record(record)
+            if not record.cost_source:  # pricing failed: the event is kept, unpriced
+                record.cost_source = CostSource.UNKNOWN.value
+            done += 1
+        return
+    except Exception:
+        with capture_internal_exceptions("pricing"):
+            raise
+    failed = records[done]
+    if not failed.cost_source:
+        failed.cost_source = CostSource.UNKNOWN.value
+    for record in records[done + 1 :]:
+        _finish_safely(record)
 
 
 def _finish_safely(record: EventRecord) -> None:

@@ -368,7 +368,10 @@ def random_payload(rng: random.Random) -> dict[str, Any]:
 
 
 @pytest.mark.django_db
-def test_to_records_builds_what_make_record_built_for_ingested_events():
+@pytest.mark.parametrize("charge_client_costs", [True, False])
+def test_to_records_builds_what_make_record_built_for_ingested_events(charge_client_costs):
+    """(Without ``charge_client_costs`` — a key without ``may_charge_budgets`` — an event
+    whose client gave the cost carries no budget charge and notes that it has none.)"""
     w = make_world()
     make_budget(w.team_a, period="day")
     make_budget(w.team_a, period="month", feature="search")
@@ -388,8 +391,38 @@ def test_to_records_builds_what_make_record_built_for_ingested_events():
             else:
                 compiled += 1
             events.append(event)
-        records = to_records(events, w.team_a, received_at)
+        records = to_records(events, w.team_a, received_at, charge_client_costs=charge_client_costs)
         assert len(records) == len(events)
         for record, event in zip(records, events, strict=True):
-            assert_same_record(record, former_to_record(event, w.team_a, received_at), event)
+            expected = former_to_record(event, w.team_a, received_at)
+            if not charge_client_costs and event.get("cost_usd") is not None:
+                expected.budget_reservation = None
+                expected.metadata = {**expected.metadata, "budget_charged_usd": "0"}
+            assert_same_record(record, expected, event)
     assert compiled > 100
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_texts_are_made_storable_each_as_storable_text_makes_it(seed):
+    """``_storable_texts`` keeps a tuple of texts that all are short plain ASCII as it is,
+    and otherwise gives each value what ``storable_text`` gives it (a ``str`` subclass
+    becomes a plain ``str``; ``None`` is empty)."""
+    from fluxgate_django.builder import _TEXT_FIELDS, TEXT_LIMITS, _storable_texts, storable_text
+
+    rng = random.Random(seed)
+    pool = [*OPTIONAL_TEXTS, "a" * 49, "b" * 50, "c" * 51, "d" * 255, "e" * 256, 7]
+    for _ in range(300):
+        plain = rng.random() < 0.3
+        values = tuple(
+            rng.choice(["", "openai", "gpt-4o", "u-1"]) if plain else rng.choice(pool)
+            for _ in _TEXT_FIELDS
+        )
+        got = _storable_texts(values)
+        expected = tuple(
+            "" if v is None else storable_text(v, TEXT_LIMITS[name])
+            for v, name in zip(values, _TEXT_FIELDS, strict=True)
+        )
+        assert got == expected
+        assert all(type(v) is str for v in got)
+        if plain:
+            assert got is values

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -369,3 +370,222 @@ def test_a_full_queue_overflows_to_the_spooler_thread_never_to_the_caller(spool_
         assert recorder.flush(timeout=30)  # writes the queue and replays the spool
     stored = list(Event.objects.filter(feature="overflow").values_list("tracking_id", flat=True))
     assert sorted(stored) == sorted(r.tracking_id for r in records)  # exactly 210, no duplicate
+
+
+# -- the rows' format (version 2) -----------------------------------------------------------
+
+
+def _v1_lines(records) -> list[bytes]:
+    """A journal file as the previous version wrote it: a version 1 header, then each
+    record's values in ``EventRecord``'s field order, the id and the time as text."""
+    import json
+
+    from fluxgate_django.records import EVENT_RECORD_FIELDS, record_row
+
+    header = json.dumps({"journal": 1, "fields": list(EVENT_RECORD_FIELDS)}, separators=(",", ":"))
+    rows = [json.dumps(record_row(r), separators=(",", ":")) for r in records]
+    return [private._sealed(header.encode()), *(private._sealed(row.encode()) for row in rows)]
+
+
+#: The two ways a row is encoded: orjson's (where it is installed), the standard library's.
+ENCODERS = pytest.mark.parametrize("orjson", [True, False], ids=["orjson", "json"])
+
+
+def use_encoder(monkeypatch, orjson: bool) -> None:
+    if not orjson:
+        monkeypatch.setattr(private, "_orjson_dumps", None)
+    elif private._orjson_dumps is None:
+        pytest.skip("orjson is not installed")
+
+
+def comparable(record):
+    """``record`` with a NaN duration as text (a NaN is equal to nothing, itself included)."""
+    names = ("latency_ms", "time_to_first_token_ms", "stream_duration_ms")
+    nans = {n: "NaN" for n in names if getattr(record, n) != getattr(record, n)}
+    return dataclasses.replace(record, **nans)
+
+
+@ENCODERS
+@pytest.mark.django_db
+def test_a_journal_row_reads_back_as_the_record_it_was(spool_dir, monkeypatch, orjson):
+    """Each record of a journal file reads back equal, field by field, whichever encoder
+    wrote its row (the standard library's: the id as its integer, a UTC time as
+    microseconds): times to the microsecond in their own time zone (a naive one naive),
+    money to its last digit, odd text and non-finite durations as they were."""
+    use_encoder(monkeypatch, orjson)
+    import datetime as dt
+    import uuid
+    import zoneinfo
+    from decimal import Decimal
+
+    from fluxgate_django.models import Team
+
+    team = Team.objects.create(name="Rows", slug="rows")
+    utc = dt.timezone.utc
+    times = [
+        dt.datetime(2026, 3, 1, 12, 0, 0, 999_999, tzinfo=utc),
+        dt.datetime(2000, 1, 1, tzinfo=utc),
+        dt.datetime(2242, 1, 1, 0, 0, 0, 1, tzinfo=utc),
+        dt.datetime(2026, 7, 14, 2, 30, 0, 5, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")),
+        dt.datetime(2026, 3, 1, 12, 0, 0, 7, tzinfo=dt.timezone(dt.timedelta(hours=-7))),
+        dt.datetime(2026, 3, 1, 12, 0, 0, 7),  # (USE_TZ = False)
+    ]
+    odd = [
+        {"é": [1, 2.5, None, '\n\\"', "\u2028"]},
+        {"big": 1 << 70},  # (more than orjson takes: the standard library's row)
+        {"lone": "\ud800"},  # (a surrogate: likewise)
+    ]
+    durations = [12.5, float("nan"), float("inf"), None, 0.0, 1e-300]
+    records = []
+    for n, at in enumerate(times):
+        record = make_record(feature=f"rows-{n}", team=team if n % 2 else "rows")
+        record.created_at = at
+        record.tracking_id = uuid.UUID(int=(1 << 128) - 1 - n)
+        record.cost_saved_usd = Decimal("0.00000001") if n % 2 else None
+        record.metadata = odd[n % len(odd)]
+        record.latency_ms = durations[n]
+        record.time_to_first_token_ms = durations[-1 - n]
+        records.append(record)
+    lines = [private.header_line(), *(private.encode_row(r) for r in records)]
+    assert b'"journal":2' in lines[0]
+    reader = private.LineReader()
+    assert reader.read(lines[0]) is None
+    for line, record in zip(lines[1:], records, strict=True):
+        back = reader.read(line)
+        team_value = record.team if record.team == "rows" else team.pk
+        expected = dataclasses.replace(record, team=team_value)
+        assert comparable(back) == comparable(expected)
+        assert back.created_at.utcoffset() == record.created_at.utcoffset()
+        assert (back.created_at.tzinfo is None) == (record.created_at.tzinfo is None)
+
+
+@pytest.mark.django_db
+def test_a_journal_of_the_previous_version_is_recovered_as_before(spool_dir):
+    """A dead process's segment in the version 1 format (written before an upgrade) is
+    recovered and stored like one of today's."""
+    directory = spool.spool_dir() / "journal"
+    other = Journal(directory)
+    records = [make_record(feature="v1") for _ in range(3)]
+    data = b"".join(_v1_lines(records))
+    segment = other._segment
+    segment.map[: len(data)] = data  # (over the version 2 header)
+    segment.used = len(data)
+    os.close(other._lock_fd)  # the process dies
+
+    assert spool.recover_journals() == 1
+    result = spool.replay_all(write_events)
+    assert (result.written, result.rejected) == (3, 0)
+    assert set(Event.objects.filter(feature="v1").values_list("tracking_id", flat=True)) == {
+        r.tracking_id for r in records
+    }
+
+
+@ENCODERS
+@pytest.mark.django_db
+def test_a_changed_value_in_a_journal_row_fails_its_mac(spool_dir, monkeypatch, orjson):
+    use_encoder(monkeypatch, orjson)
+    record = make_record(feature="sealed")
+    reader = private.LineReader()
+    reader.read(private.header_line())
+    line = private.encode_row(record)
+    assert reader.read(line) == record
+    forged = line.replace(b'"sealed"', b'"forged"')
+    with pytest.raises(private.ForgedLine):
+        reader.read(forged)
+    with pytest.raises(private.ForgedLine):
+        reader.read(line[:-38] + b"]\n")  # the MAC cut off
+
+
+def test_a_line_is_sealed_with_the_current_key_after_a_change(settings):
+    """The sealing MAC is derived once and forgotten when ``SECRET_KEY`` changes: a line
+    sealed after the change verifies with the new key only."""
+    settings.SECRET_KEY = "first-key-" + "x" * 40
+    body = b'["a",1]'
+    first = private._sealed(body)
+    settings.SECRET_KEY = "second-key-" + "y" * 40
+    second = private._sealed(body)
+    assert first != second
+    assert private.verified(second) == body
+    with pytest.raises(private.ForgedLine):
+        private.verified(first)
+
+
+# -- the caller's path ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_new_segment_is_made_writable_before_callers_copy_into_it(spool_dir, monkeypatch):
+    """At a rotation the writer maps the new segment's first pages (as many as the last
+    segment used, twice over) before a caller copies into it; the segment's bytes are
+    unchanged, and a kernel that can't do it is left alone (the callers' copies fault)."""
+    directory = spool.spool_dir() / "journal"
+    j = Journal(directory)
+    try:
+        records = [make_record(feature="prefaulted") for _ in range(300)]
+        assert j.append(records)
+        used = j._segment.used
+        calls: list[tuple[int, int]] = []
+        real = journal._prefault
+
+        def prefault(segment, size):
+            calls.append((segment.used, size))
+            real(segment, size)
+
+        monkeypatch.setattr(journal, "_prefault", prefault)
+        j.rotate()
+        assert calls == [(len(private.header_line()), 2 * used)]
+        new = j._segment
+        assert bytes(new.map[: new.used]) == private.header_line()
+        assert bytes(new.map[new.used : new.size]).count(0) == new.size - new.used
+
+        monkeypatch.setattr(journal, "_POPULATE_WRITE", -1)  # (EINVAL, as an old kernel says)
+        real(new, 1 << 20)
+        assert journal._POPULATE_WRITE is None
+        real(new, 1 << 20)  # (then nothing is tried)
+    finally:
+        j.release(records)
+        j.close()
+
+
+@pytest.mark.django_db
+def test_the_callers_path_asks_no_pid_where_fork_hooks_clear_the_journal():
+    """``getpid()`` is a system call: where a forked child runs the at-fork hooks (which
+    drop the parent's journal and writers), the caller's path does not ask it."""
+    if not journal._FORK_HOOKS:
+        pytest.skip("no os.register_at_fork")
+    j = journal.get_journal()
+    assert j is not None
+    record = make_record(feature="no-getpid")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(os, "getpid", lambda: pytest.fail("getpid() on the caller's path"))
+        assert journal.append_one(record)
+    j.release([record])
+
+
+@pytest.mark.django_db
+def test_a_forked_child_journals_into_its_own_journal(spool_dir):
+    """The at-fork hook leaves a child without its parent's journal: the child's first
+    record opens its own (another lock, other segments), and the parent's is untouched."""
+    if not journal._FORK_HOOKS:
+        pytest.skip("no os.register_at_fork")
+    parent = journal.get_journal()
+    assert parent is not None
+    record = make_record(feature="child")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(read)
+            ok = journal.append_one(record)
+            child = journal._journal
+            mine = child is not None and child is not parent and child.name != parent.name
+            os.write(write, f"{ok} {mine} {child.pid if child else 0}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        ok, mine, child_pid = answer.read().split()
+    os.waitpid(pid, 0)
+    assert (ok, mine, child_pid) == ("True", "True", str(pid))
+    assert journal._journal is parent and parent.pid == os.getpid()
+    assert parent.pending() == 0  # (the child's record is in the child's journal)

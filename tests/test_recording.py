@@ -20,6 +20,7 @@ import threading
 import uuid
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from unittest import mock
 from urllib.parse import quote
 
@@ -752,3 +753,133 @@ def test_a_forked_child_writes_its_events_with_its_own_thread(child_db):
     assert all(w["pid"] == parent["pid"] and w["features"] == ["parent"] for w in parent["writes"])
     assert len(child_db.tracking_ids("child")) == 3
     assert len(child_db.tracking_ids("parent")) == 2
+
+
+# -- batches (the ingest API's hand-over) -------------------------------------------------------
+
+
+def _unpriced(model: str, feature: str = "batch") -> Any:
+    info = CallInfo(provider="openai", operation="chat", requested_model=model, model=model)
+    return build(info, Usage(100, 20), TrackingContext(feature=feature), latency_ms=3.0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_record_batch_queues_a_batch_in_order_and_overflows_as_record_does():
+    """The thread recorder takes a batch in one step while its queue has room, in order;
+    past ``MAX_QUEUE_SIZE`` each record goes where :meth:`record` sends it (the overflow
+    buffer), and every one is written once."""
+    with fluxgate_overrides(**{**THREAD, "MAX_QUEUE_SIZE": 25}):
+        recorder = get_recorder()
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(recorder, "_drain", lambda: None)  # (the writers are stuck)
+            recorder.record(price_record(_unpriced("gpt-4o")))  # (starts the writers)
+            first = [price_record(_unpriced("gpt-4o")) for _ in range(20)]
+            recorder.record_batch(first)
+            assert list(recorder._queue)[-20:] == first
+            more = [price_record(_unpriced("gpt-4o")) for _ in range(10)]
+            recorder.record_batch(more)  # (room for 4 of them)
+            assert len(recorder._queue) == 25
+            assert list(recorder._queue)[-4:] == more[:4]
+            assert recorder._wait_overflow(timeout=30)  # the other 6 spooled
+            assert spool.pending_events() == 6
+        assert recorder.flush(timeout=30)
+    stored = list(Event.objects.values_list("tracking_id", flat=True))
+    assert len(stored) == len(set(stored)) == 31  # each once
+    assert {r.tracking_id for r in [*first, *more]} <= set(stored)
+
+
+@pytest.mark.parametrize("raise_errors", [False, True])
+def test_a_batch_whose_pricing_fails_for_one_record_keeps_it_unpriced(
+    monkeypatch, raise_errors, caplog
+):
+    """``submit_batch`` finishes a batch under one guard: a record whose pricing raises is
+    logged and stored unpriced (``unknown``), the records after it are priced as usual —
+    or, under ``RAISE_ERRORS``, the error is raised."""
+    from fluxgate_django import pipeline
+
+    real = pipeline.calculate_cost
+
+    def calculate(provider, model, usage, **kwargs):
+        if model == "boom":
+            raise RuntimeError("a broken price")
+        return real(provider, model, usage, **kwargs)
+
+    monkeypatch.setattr(pipeline, "calculate_cost", calculate)
+    records = [_unpriced("gpt-4o", "a"), _unpriced("boom", "b"), _unpriced("gpt-4o-mini", "c")]
+    with fluxgate_overrides(RECORDER="sync", RAISE_ERRORS=raise_errors):
+        if raise_errors:
+            with pytest.raises(RuntimeError, match="a broken price"):
+                pipeline.submit_batch(records)
+            return
+        with caplog.at_level(logging.ERROR, logger="fluxgate"):
+            pipeline.submit_batch(records)
+    assert [r.message for r in caplog.records].count(
+        "FluxGate internal error during pricing (the LLM call is unaffected)"
+    ) == 1
+    costs = dict(Event.objects.values_list("feature", "cost_source"))
+    assert costs == {"a": "genai-prices", "b": "unknown", "c": "genai-prices"}
+    assert (
+        Event.objects.get(feature="c").cost_usd
+        == calculate_cost("openai", "gpt-4o-mini", Usage(100, 20)).usd
+    )
+
+
+def test_copy_rows_encode_json_as_json_dumps_does():
+    """``COPY`` rows (into ``jsonb`` columns) encode a JSON column's value as
+    ``json.dumps(value, cls=encoder)`` does — exactly, with the standard library's C
+    encoder built once per value; or, with orjson and no encoder of the field's own, as
+    the same JSON value (a value orjson does not take: the standard library's text)."""
+    import datetime as dt
+
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    from fluxgate_django.recording import sql
+
+    values = [
+        {"a": 1, "b": [1.5, None, True, "é\n\\", {"x": -0.0}]},
+        "text",
+        ["t"],
+        {"k": {"deep": [{"deeper": []}]}},
+        3.25,
+        {"big": 1 << 70},
+        {"lone": "\ud800"},
+    ]
+    special = {"u": uuid.UUID(int=5), "d": Decimal("1.50"), "t": dt.datetime(2024, 1, 1, 12)}
+    for encoder in (None, DjangoJSONEncoder):
+        standard = sql._standard_json_dumps(encoder)
+        for value in [*values, {"nan": float("nan")}]:
+            assert standard(value) == json.dumps(value, cls=encoder)
+        dumps = sql._json_dumps(encoder)
+        for value in values:
+            assert json.loads(dumps(value)) == json.loads(json.dumps(value, cls=encoder))
+            assert isinstance(dumps(value), str)
+    assert sql._json_dumps(DjangoJSONEncoder)(special) == json.dumps(special, cls=DjangoJSONEncoder)
+    with pytest.raises(TypeError):
+        sql._json_dumps(None)(special)
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    with pytest.raises(ValueError, match="Circular"):
+        sql._standard_json_dumps(None)(circular)
+    assert sql._standard_json_dumps(None)({"after": "a failure"}) == '{"after": "a failure"}'
+
+
+@pytest.mark.django_db(transaction=True)
+def test_times_in_any_zone_are_stored_to_the_microsecond():
+    """A batch big enough for ``COPY`` (PostgreSQL: datetimes sent as ISO text) keeps each
+    event's instant exactly, whatever its time zone."""
+    import datetime as dt
+    import zoneinfo
+
+    zones = [
+        dt.timezone.utc,
+        dt.timezone(dt.timedelta(hours=5, minutes=30)),
+        zoneinfo.ZoneInfo("America/New_York"),
+    ]
+    records = []
+    for n in range(120):
+        record = price_record(_unpriced("gpt-4o", "zones"))
+        record.created_at = dt.datetime(2026, 1, 2, 3, 4, 5, n * 7919, tzinfo=zones[n % 3])
+        records.append(record)
+    assert write_events(records) == 120
+    stored = dict(Event.objects.filter(feature="zones").values_list("tracking_id", "created_at"))
+    assert {r.tracking_id: r.created_at for r in records} == stored

@@ -37,12 +37,22 @@ class WrittenBatch:
     #: The database the events were written on, in whose transaction ``on_write`` hooks
     #: run (the staging table is on this connection).
     alias: str
+    #: The pk of each team object of the batch (by ``id()``), once asked.
+    _team_pks: dict[int, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def team_id(self, record: EventRecord) -> int | None:
         team = record.team
-        if isinstance(team, str):
+        if team.__class__ is str or isinstance(team, str):
             return self.team_ids.get(team)
-        return team if team is None or isinstance(team, int) else getattr(team, "pk", None)
+        if team is None or isinstance(team, int):
+            return team
+        # (A Team instance, as the ingest API's events have: its pk is a property.)
+        known = self._team_pks
+        try:
+            return known[id(team)]
+        except KeyError:
+            pk = known[id(team)] = getattr(team, "pk", None)
+            return pk
 
 
 Prepare = Callable[[Sequence[EventRecord]], None]

@@ -17,13 +17,17 @@ stored. (The formats: see "lines" below.)
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import json
 import logging
+import operator
 import os
 import stat
 import tempfile
 import threading
+import uuid
+from collections.abc import Callable
 from hashlib import blake2b
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from ..conf import fluxgate_settings, on_reload
-from ..records import EVENT_RECORD_FIELDS, EventRecord, record_row
+from ..records import EVENT_RECORD_FIELDS, EventRecord
 
 logger = logging.getLogger("fluxgate.spool")
 
@@ -151,6 +155,13 @@ def open_private(path: Path, flags: int = os.O_WRONLY | os.O_APPEND) -> int:
 # header line per journal file naming the fields (so a file written by another version
 # of FluxGate reads by name). Each line's MAC covers the line as it was before the MAC
 # was added: ``{...}`` or ``[...]``.
+#
+# Journal rows, version 2 (the header's ``"journal": 2``): the fields in ``ROW_FIELDS``
+# order; the tracking id is its text (orjson's row) or its 128-bit integer (the standard
+# library's: text to format costs the caller's path most), ``created_at`` its ISO text, or
+# for a UTC time in the standard library's row, the microseconds since 1970-01-01
+# (exact). Version 1 rows (``EventRecord``'s field order, the id and the time as text)
+# read as before.
 
 
 class LineReader:
@@ -166,7 +177,7 @@ class LineReader:
         MAC is missing or wrong, ``ValueError`` (and friends) if it is not a record."""
         data = json.loads(verified(line))
         if isinstance(data, dict):
-            if data.get("journal") == 1 and isinstance(data.get("fields"), list):
+            if data.get("journal") in JOURNAL_VERSIONS and isinstance(data.get("fields"), list):
                 self.fields = tuple(data["fields"])
                 self.header = line.rstrip(b"\r\n")
                 return None
@@ -174,7 +185,15 @@ class LineReader:
         if isinstance(data, list):
             if self.fields is None:
                 raise ValueError("a journal row without its header")
-            return EventRecord.from_json(dict(zip(self.fields, data, strict=True)))
+            values = dict(zip(self.fields, data, strict=True))
+            # (Version 2: the id as its integer, a UTC time as microseconds since 1970.)
+            tracking_id = values.get("tracking_id")
+            if tracking_id.__class__ is int:
+                values["tracking_id"] = str(uuid.UUID(int=tracking_id))
+            created_at = values.get("created_at")
+            if created_at.__class__ is int:
+                values["created_at"] = (_EPOCH + created_at * _MICROSECOND).isoformat()
+            return EventRecord.from_json(values)
         raise ValueError("not a record")
 
 
@@ -192,9 +211,16 @@ def decode(line: str | bytes) -> EventRecord:
     return record
 
 
+#: The journal row formats this version reads (see "lines" above); it writes the last.
+JOURNAL_VERSIONS = (1, 2)
+
+
 def header_line() -> bytes:
-    """The first line of a journal file: the names of the fields of its rows."""
-    body = json.dumps({"journal": 1, "fields": list(EVENT_RECORD_FIELDS)}, separators=(",", ":"))
+    """The first line of a journal file: its row format and the names of its rows' fields."""
+    body = json.dumps(
+        {"journal": JOURNAL_VERSIONS[-1], "fields": list(ROW_FIELDS)},
+        separators=(",", ":"),
+    )
     return _sealed(body.encode())
 
 
@@ -214,24 +240,94 @@ except ImportError:  # pragma: no cover - a Python without the C accelerator
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
-def encode_row(record: EventRecord) -> bytes:
-    """A journal line (newline included) for ``record``: its field values, and the MAC.
+#: A version 2 row's fields: these five first (made JSON on the caller's path), then the
+#: others as they are, in ``EventRecord``'s order.
+_CONVERTED = ("tracking_id", "created_at", "cost_usd", "cost_saved_usd", "team")
+ROW_FIELDS = (*_CONVERTED, *(f for f in EVENT_RECORD_FIELDS if f not in _CONVERTED))
+_plain_values = operator.attrgetter(*ROW_FIELDS[len(_CONVERTED) :])
+_UTC = dt.timezone.utc
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+_UUID = uuid.UUID
 
-    (About half the work of :func:`encode`: no names, no default-value tests. A value
-    JSON can't encode, which the record builder never lets through, is written as its
-    ``str()``, so the event is kept.)"""
-    row = record_row(record)
-    text = "".join(_ROW_ENCODER(row, 0)) if _ROW_ENCODER is not None else _ENCODER.encode(row)
-    return _sealed(text.encode())
+
+def encode_row(record: EventRecord) -> bytes:
+    """A journal line (newline included) for ``record``: its field values (a version 2
+    row, fields in :data:`ROW_FIELDS` order: see "lines" above), and the MAC.
+
+    On the caller's path, so it does as little as it can: no names, no default-value
+    tests; with ``orjson`` installed (it comes with LangChain) the row is its encoding
+    (the id and the time as text, made in Rust), else the standard library's C encoder's
+    with the id and a UTC time as integers (no text to format, no float to print). A
+    value JSON can't encode, which the record builder never lets through, is written as
+    its ``str()``, so the event is kept."""
+    cost = record.cost_usd
+    saved = record.cost_saved_usd
+    team = record.team
+    if team is not None and not isinstance(team, (str, int)):
+        team = team.pk
+    body = None
+    latency = record.latency_ms
+    first = record.time_to_first_token_ms
+    stream = record.stream_duration_ms
+    if (
+        _orjson_dumps is not None
+        # (orjson writes a NaN or an infinity as null, the standard library as itself; the
+        # builder makes every other float of a record JSON-safe: non-finite ones text)
+        and (latency is None or -_INFINITY < latency < _INFINITY)
+        and (first is None or -_INFINITY < first < _INFINITY)
+        and (stream is None or -_INFINITY < stream < _INFINITY)
+    ):
+        try:
+            body = _orjson_dumps(
+                [
+                    record.tracking_id,
+                    record.created_at,
+                    None if cost is None else str(cost),
+                    None if saved is None else str(saved),
+                    team,
+                    *_plain_values(record),
+                ]
+            )
+        except TypeError:  # (a value orjson does not take: a 65-bit int, a surrogate...)
+            pass
+    if body is None:
+        tracking_id = record.tracking_id
+        created_at = record.created_at
+        row = [
+            tracking_id.int if tracking_id.__class__ is _UUID else str(tracking_id),
+            (created_at - _EPOCH) // _MICROSECOND
+            if created_at.tzinfo is _UTC
+            else created_at.isoformat(),
+            None if cost is None else str(cost),
+            None if saved is None else str(saved),
+            team,
+            *_plain_values(record),
+        ]
+        if _ROW_ENCODER is not None:
+            body = "".join(_ROW_ENCODER(row, 0)).encode()
+        else:  # pragma: no cover - a Python without the C accelerator
+            body = _ENCODER.encode(row).encode()
+    tag = (_sealer or _current_sealer()).copy()
+    tag.update(body)
+    return body[:-1] + b',"' + tag.hexdigest().encode() + b'"]\n'
+
+
+_orjson_dumps: Callable[..., bytes] | None
+try:  # (optional: a third of the row's cost; the record builder's values are plain JSON)
+    from orjson import dumps as _orjson_dumps
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson_dumps = None
+_INFINITY = float("inf")
 
 
 def _sealed(body: bytes) -> bytes:
     """``body`` (``{...}`` or ``[...]``) with its MAC added as a last member, and a newline."""
-    key = _current or _current_key()
-    tag = _mac(key, body)
+    tag = (_sealer or _current_sealer()).copy()
+    tag.update(body)
     if body[-1:] == b"}":
-        return b'%s,%s%s"}\n' % (body[:-1], _MAC_MEMBER, tag)
-    return b'%s,"%s"]\n' % (body[:-1], tag)
+        return b'%s,%s%s"}\n' % (body[:-1], _MAC_MEMBER, tag.hexdigest().encode())
+    return b'%s,"%s"]\n' % (body[:-1], tag.hexdigest().encode())
 
 
 def verified(line: bytes) -> bytes:
@@ -267,14 +363,16 @@ def _mac(key: bytes, body: bytes) -> bytes:
 _MAC_MEMBER = b'"mac":"'
 _TAG_CHARS = 32  # 16 bytes, in hex
 
-#: The current key (``SECRET_KEY``'s), once derived; forgotten when the setting changes.
-_current: bytes | None = None
+#: The MAC of the current key (``SECRET_KEY``'s) over nothing yet, once derived: each line
+#: is sealed by a copy of it (the key's block is not hashed again per line); forgotten when
+#: the setting changes.
+_sealer: Any = None
 
 
-def _current_key() -> bytes:
-    global _current
-    _current = _keys()[0]
-    return _current
+def _current_sealer() -> Any:
+    global _sealer
+    _sealer = blake2b(key=_keys()[0][:64], digest_size=16)
+    return _sealer
 
 
 def _keys() -> list[bytes]:
@@ -298,9 +396,9 @@ def _keys() -> list[bytes]:
 
 @receiver(setting_changed)
 def _forget_keys(*, setting: str, **kwargs: Any) -> None:
-    global _current
+    global _sealer
     if setting in ("SECRET_KEY", "SECRET_KEY_FALLBACKS"):
-        _current = None
+        _sealer = None
         _macs.clear()
 
 

@@ -61,7 +61,14 @@ class _EventRows:
             if f.max_length and f.get_internal_type() in ("CharField", "SlugField")
         ]
 
-    def row(self, record: EventRecord, team_ids: dict[str, int | None]) -> list[Any]:
+    def row(
+        self,
+        record: EventRecord,
+        team_ids: dict[str, int | None],
+        team_pks: dict[int, Any] | None = None,
+    ) -> list[Any]:
+        """``record``'s row; ``team_pks``: the pks of the batch's team objects, by
+        ``id()``, filled as they are met (a ``Team``'s pk is a property)."""
         row = list(self._get(record))
         team = row[self._team]
         if team is not None and team.__class__ is not int:
@@ -69,8 +76,13 @@ class _EventRows:
                 row[self._team] = team_ids.get(team)
                 if row[self._team] is None:
                     row[self._metadata] = {**row[self._metadata], "unknown_team": team}
-            else:
+            elif team_pks is None:
                 row[self._team] = team.pk
+            else:
+                pk = team_pks.get(id(team))
+                if pk is None:
+                    pk = team_pks[id(team)] = team.pk
+                row[self._team] = pk
         for i, limit in self._limits:
             value = row[i]
             if value.__class__ is str and len(value) > limit:
@@ -86,7 +98,8 @@ def event_rows_spec() -> _EventRows:
 def event_rows(records: Sequence[EventRecord], team_ids: dict[str, int | None]) -> list[list[Any]]:
     """The ``Event`` rows of ``records`` (columns: ``event_rows_spec().columns``)."""
     row = event_rows_spec().row
-    return [row(r, team_ids) for r in records]
+    team_pks: dict[int, Any] = {}  # (the records hold their teams: no id is reused meanwhile)
+    return [row(r, team_ids, team_pks) for r in records]
 
 
 def drop_dangling_links(
@@ -107,8 +120,8 @@ def drop_dangling_links(
 
     from ..models import Team
 
-    def team_pk(r: EventRecord) -> Any:
-        return team_ids.get(r.team) if isinstance(r.team, str) else getattr(r.team, "pk", r.team)
+    def team_pk(team: Any) -> Any:
+        return team_ids.get(team) if isinstance(team, str) else getattr(team, "pk", team)
 
     user_model = get_user_model()
     wanted: dict[Any, Any] = {}
@@ -125,7 +138,9 @@ def drop_dangling_links(
             .values_list("pk", flat=True)
         )
         gone_users.update(raw for raw, pk in wanted.items() if pk not in found)
-    teams = {pk for pk in map(team_pk, records) if pk is not None}
+    # (Each distinct team value once: a batch's records mostly share one.)
+    distinct = {id(team): team for team in map(_team_of, records)}
+    teams = {pk for pk in map(team_pk, distinct.values()) if pk is not None}
     gone_teams = teams - set(
         Team.objects.using(alias).filter(pk__in=teams).values_list("pk", flat=True)
     )
@@ -135,7 +150,10 @@ def drop_dangling_links(
         dataclasses.replace(
             r,
             user_pk=None if r.user_pk in gone_users else r.user_pk,
-            team=None if team_pk(r) in gone_teams else r.team,
+            team=None if team_pk(r.team) in gone_teams else r.team,
         )
         for r in records
     ]
+
+
+_team_of = operator.attrgetter("team")

@@ -34,6 +34,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import connections
@@ -46,6 +47,8 @@ from .rows import events_alias
 from .write import write_events
 
 logger = logging.getLogger("fluxgate.recording")
+
+_FORK_HOOKS = hasattr(os, "register_at_fork")
 
 
 class ThreadRecorder(BaseRecorder):
@@ -103,7 +106,9 @@ class ThreadRecorder(BaseRecorder):
     # -- caller side -------------------------------------------------------------------
 
     def record(self, record: EventRecord) -> None:
-        if self._pid != os.getpid() or not self._threads:
+        # (A forked child has no writers: ``_after_fork`` empties the list. Without fork
+        # hooks, the pid says it: a system call per record, so only then.)
+        if not self._threads or (not _FORK_HOOKS and self._pid != os.getpid()):
             self._start()
         queue = self._queue
         if len(queue) >= self.max_queue:
@@ -111,6 +116,20 @@ class ThreadRecorder(BaseRecorder):
             self._overflow_record(record)
             return
         queue.append(record)
+        if len(queue) >= self.batch_size:
+            self._wake.set()
+
+    def record_batch(self, records: Sequence[EventRecord]) -> None:
+        """:meth:`record` of each, in one step while the queue has room (one ``extend``)."""
+        if not self._threads or (not _FORK_HOOKS and self._pid != os.getpid()):
+            self._start()
+        queue = self._queue
+        room = self.max_queue - len(queue)
+        if room < len(records):
+            for record in records:
+                self.record(record)
+            return
+        queue.extend(records)
         if len(queue) >= self.batch_size:
             self._wake.set()
 
