@@ -9,6 +9,14 @@ median (and p95) time per call of each, the ratio and the time added per call. E
 to a throwaway SQLite database through the chosen recorder (default: the default, ``thread``); the
 script checks afterwards that every tracked call was stored.
 
+With ``opentelemetry-sdk`` installed it prints what FluxGate's spans cost
+(``fluxgate_django.otel``: each call also a GenAI span): the same tracked call with no
+tracer provider (FluxGate's spans off, as on a site without OpenTelemetry) and with an SDK
+tracer provider whose processor hands each ended span to an exporter that drops it,
+interleaved call by call, and the span alone (a ``BatchSpanProcessor``, as a site sets it
+up: spans are queued, exported off the caller's thread). (Target: at most 30 µs a call
+when on.)
+
 With the thread recorder it also prints what the journal costs (``FLUXGATE["JOURNAL"]``:
 each record appended to the process's journal before the call returns): the same
 tracked call with the journal off and on, interleaved call by call, and the append alone.
@@ -175,6 +183,63 @@ def measure_journal(tracked_openai, msgs, calls: int) -> int:
     return (calls + 50) * 2 + 1
 
 
+def measure_spans(tracked_openai, msgs, calls: int) -> int:
+    """What FluxGate's spans cost: tracked calls with no tracer provider vs an SDK one
+    (spans made, ended and handed to an exporter that drops them), interleaved; then one
+    span alone. Returns how many tracked calls it made (0 without the SDK)."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+    except ImportError:
+        print("spans: skipped (pip install opentelemetry-sdk)")
+        return 0
+    import timeit
+
+    from fluxgate_django import otel
+
+    class Dropped(SpanExporter):
+        def export(self, spans):  # (what an exporter gets; none of its own I/O)
+            from opentelemetry.sdk.trace.export import SpanExportResult
+
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))  # (as a site sets it up)
+    none = trace.ProxyTracerProvider()
+    current = [none]
+    real = otel.trace.get_tracer_provider
+    otel.trace.get_tracer_provider = lambda: current[0]  # (switched call by call)
+
+    def with_spans(on: bool):
+        def call():
+            current[0] = provider if on else none
+            return tracked_openai.chat.completions.create(model="gpt-4o", messages=msgs)
+
+        return call
+
+    try:
+        measure(
+            "openai, spans off vs on",
+            with_spans(False),
+            with_spans(True),
+            calls,
+            labels=("off", "on"),
+        )
+        current[0] = provider
+        record = _sample_record(tracked_openai, msgs)
+        best = min(timeit.repeat(lambda: otel.emit(record), number=2000, repeat=5)) / 2000
+        attrs = min(timeit.repeat(lambda: otel.span_attributes(record), number=2000, repeat=5))
+        print(
+            f"{'span alone':<28} {best * 1e6:7.2f} µs/call (of which FluxGate's attributes "
+            f"{attrs / 2000 * 1e6:.2f} µs; the rest the SDK's span start, end and queue)"
+        )
+    finally:
+        otel.trace.get_tracer_provider = real
+        provider.shutdown()
+    return 2 * (calls + 50) + 1
+
+
 def fluxgate_django_flush() -> None:
     import fluxgate_django
 
@@ -264,6 +329,7 @@ def main() -> None:
                 args.calls // 2,
             )
             expected = (args.calls + 50) * 2 + (args.calls // 2 + 50)
+            expected += measure_spans(tracked_openai, msgs, args.calls)
             if args.recorder == "thread":
                 expected += measure_journal(tracked_openai, msgs, args.calls)
         fluxgate_django.flush()
