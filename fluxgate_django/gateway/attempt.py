@@ -151,11 +151,11 @@ class Attempt:
         error = upstream.unreachable(self.ref.provider, exc)
         return Outcome(self._tagged(self.exchange.caller.error_response(error)), True, "failure")
 
-    async def _upstream_error(self, call: TrackedCall, response: Any) -> Outcome:
-        """The provider's error, recorded, given back as it sent it (its status and body;
-        in the caller's protocol after a fallback across protocols)."""
+    async def _body(self, call: TrackedCall, response: Any) -> bytes | Outcome:
+        """The upstream answer's body, the response closed; if it can't be read, the call
+        recorded as failed and the caller's answer (an ``Outcome``)."""
         try:
-            content = await response.aread()
+            return bytes(await response.aread())
         except Exception as exc:
             call.fail(exc)
             return self._unreachable(exc)
@@ -164,6 +164,13 @@ class Attempt:
             raise
         finally:
             await response.aclose()
+
+    async def _upstream_error(self, call: TrackedCall, response: Any) -> Outcome:
+        """The provider's error, recorded, given back as it sent it (its status and body;
+        in the caller's protocol after a fallback across protocols)."""
+        content = await self._body(call, response)
+        if isinstance(content, Outcome):
+            return content
         error = UpstreamError(response.status_code, content)
         call.fail(error)
         kind = classify(error)
@@ -178,16 +185,9 @@ class Attempt:
         return Outcome(self._tagged(answer), retry, "failure" if retry else "neutral")
 
     async def _complete(self, call: TrackedCall, response: Any) -> Outcome:
-        try:
-            content = await response.aread()
-        except Exception as exc:
-            call.fail(exc)
-            return self._unreachable(exc)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        finally:
-            await response.aclose()
+        content = await self._body(call, response)
+        if isinstance(content, Outcome):
+            return content
         try:
             data = json.loads(content)
         except ValueError:

@@ -9,6 +9,7 @@ object when the call passes through, two when a route falls back across protocol
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import json
@@ -104,7 +105,7 @@ def passed_headers(headers: Any) -> dict[str, str]:
     }
 
 
-class Protocol:
+class Protocol(abc.ABC):
     """What differs between OpenAI's API and Anthropic's (see the module doc)."""
 
     name: str
@@ -119,12 +120,13 @@ class Protocol:
         """The FluxGate key the caller sent ("" if none)."""
         return _bearer(request)
 
+    @abc.abstractmethod
     def end_user(self, body: dict[str, Any]) -> str | None:
         """The end user the request names in the protocol's own fields."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def error_payload(self, kind: str, message: str) -> dict[str, Any]:
-        raise NotImplementedError
+        """The protocol's error body for a FluxGate ``kind`` and message."""
 
     def error_response(self, error: GatewayError) -> HttpResponse:
         response = json_response(self.error_payload(error.kind, error.message), error.status)
@@ -136,9 +138,9 @@ class Protocol:
         """An error event ending a stream (the caller's SDK raises it)."""
         return sse_data(self.error_payload(kind, message))
 
+    @abc.abstractmethod
     def reader(self, provider: str) -> UsageReader:
         """The tracked clients' usage reader for this protocol's answers."""
-        raise NotImplementedError
 
     def upstream_headers(self, request: HttpRequest, api_key: str) -> dict[str, str]:
         """The headers of the upstream request: the provider key (never the caller's
